@@ -1,0 +1,5 @@
+import sys
+
+from mocobench.cli import main
+
+sys.exit(main())

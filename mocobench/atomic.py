@@ -1,0 +1,55 @@
+"""Atomic writes: a reader (or a resumed job) sees the old file or the new one, never half.
+
+Every checkpoint, metrics file and converted weight file goes through here: write to a
+temporary file in the same directory, fsync, then ``os.replace`` over the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[IO], Any], binary: bool = True) -> None:
+    with atomic_open(path, "wb" if binary else "w") as f:
+        writer(f)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_pickle(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def torch_save(path: str | os.PathLike, obj: Any) -> None:
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))

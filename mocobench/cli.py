@@ -1,0 +1,55 @@
+"""The ``mocobench`` command: one subcommand per stage of the suite.
+
+Each subcommand lives in the module of its stage, which provides ``add_arguments(parser)``
+and ``run(args) -> int``; this file only lists them. A ``UserError`` (bad file, bad config)
+is printed as one line naming the problem and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from mocobench import UserError, __version__
+
+# name -> (module providing add_arguments/run, one-line help). Order = order of the flow.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mocobench",
+        description="MoCo pretraining and detection-transfer benchmarks: pretrain -> convert -> "
+                    "detect (VOC / COCO) -> paper-format tables.",
+        epilog="Run 'mocobench COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"mocobench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"mocobench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mocobench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+import pytest
+
+from mocobench.config import ConfigError, differing_keys
+from transfer.config import detection_defaults, load_detection_config
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_base_chain_and_overrides(tmp_path):
+    write(tmp_path / "base.yaml", "MODEL:\n  RESNETS:\n    NORM: naiveSyncBN\nSOLVER:\n  BASE_LR: 0.02\n")
+    child = write(tmp_path / "child.yaml",
+                  "_BASE_: base.yaml\nINPUT:\n  MIN_SIZE_TRAIN: (480, 512)\nSOLVER:\n  MAX_ITER: 24000\n")
+    cfg = load_detection_config(child, ["SOLVER.BASE_LR", "0.01", "MODEL.WEIGHTS", "w.pkl"])
+    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (480, 512)
+    assert cfg.SOLVER.MAX_ITER == 24000 and cfg.SOLVER.BASE_LR == 0.01
+    assert cfg.MODEL.WEIGHTS == "w.pkl"
+    diff = differing_keys(cfg, detection_defaults())
+    assert set(diff) == {"MODEL.RESNETS.NORM", "SOLVER.BASE_LR", "INPUT.MIN_SIZE_TRAIN",
+                         "SOLVER.MAX_ITER", "MODEL.WEIGHTS"}
+
+
+def test_misspelled_key_names_key_and_file(tmp_path):
+    write(tmp_path / "base.yaml", "SOLVER:\n  BASE_RL: 0.02\n")
+    child = write(tmp_path / "child.yaml", "_BASE_: base.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_detection_config(child)
+    msg = str(e.value)
+    assert "SOLVER.BASE_RL" in msg and str(tmp_path / "base.yaml") in msg and "BASE_LR" in msg
+
+
+def test_unknown_override_and_bad_type(tmp_path):
+    with pytest.raises(ConfigError, match="SOLVER.MAXITER"):
+        load_detection_config(None, ["SOLVER.MAXITER", "10"])
+    with pytest.raises(ConfigError, match="KEY VALUE"):
+        load_detection_config(None, ["SOLVER.MAX_ITER"])
+    bad = write(tmp_path / "bad.yaml", "SOLVER:\n  MAX_ITER: [1, 2]\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_detection_config(bad)
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_detection_config(tmp_path / "nope.yaml")
+    bad = write(tmp_path / "bad.yaml", "MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_detection_config(bad)
+
+
+MOCO_BASE = """\
+MODEL:
+  META_ARCHITECTURE: "GeneralizedRCNN"
+  RPN:
+    PRE_NMS_TOPK_TEST: 6000
+    POST_NMS_TOPK_TEST: 1000
+  ROI_HEADS:
+    NAME: "Res5ROIHeadsExtraNorm"
+  BACKBONE:
+    FREEZE_AT: 0
+  RESNETS:
+    NORM: "naiveSyncBN"
+TEST:
+  PRECISE_BN:
+    ENABLED: True
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.02
+"""
+
+
+def test_detectron2_style_config_loads(tmp_path):
+    """A config in the shape of the MoCo authors' detection configs loads unchanged."""
+    write(tmp_path / "Base-RCNN-C4-BN.yaml", MOCO_BASE)
+    write(tmp_path / "voc.yaml", """\
+_BASE_: "Base-RCNN-C4-BN.yaml"
+MODEL:
+  MASK_ON: False
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+  ROI_HEADS:
+    NUM_CLASSES: 20
+  RESNETS:
+    STRIDE_IN_1X1: False
+INPUT:
+  MIN_SIZE_TRAIN: (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+  MIN_SIZE_TEST: 800
+  FORMAT: "RGB"
+DATASETS:
+  TRAIN: ('voc_2007_trainval', 'voc_2012_trainval')
+  TEST: ('voc_2007_test',)
+SOLVER:
+  STEPS: (18000, 22000)
+  MAX_ITER: 24000
+  WARMUP_ITERS: 100
+""")
+    cfg = load_detection_config(tmp_path / "voc.yaml")
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
+    assert tuple(cfg.DATASETS.TRAIN) == ("voc_2007_trainval", "voc_2012_trainval")
+    assert tuple(cfg.SOLVER.STEPS) == (18000, 22000) and cfg.INPUT.FORMAT == "RGB"
