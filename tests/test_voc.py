@@ -154,6 +154,12 @@ def test_hand_computed_eleven_point_case(tmp_path):
     assert metrics["per_class_AP50"] == pytest.approx({"cat": 100 * cat, "dog": 100 * dog_low}, abs=1e-9)
 
 
+def test_overlap_exactly_at_the_threshold_is_no_match(tmp_path):
+    write_voc(tmp_path, 2007, "test", {"a": (200, 200, [("dog", 1, 1, 100, 100, 0)])}, ["dog"])
+    half = {"image_id": "a", "category_id": 1, "bbox": [0, 0, 100, 50], "score": 0.5}  # IoU 0.5
+    assert evaluate("voc_2007_test", tmp_path, [half])["bbox"]["AP50"] == 0.0  # devkit: IoU > 0.5
+
+
 def devkit_reference(voc_dir: Path, split: str, classes, detections, use_07_metric: bool) -> dict:
     """The devkit's voc_eval, per class and per detection, read straight from the XML files.
 

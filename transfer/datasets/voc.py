@@ -121,10 +121,10 @@ def load_voc_instances(dirname: str | os.PathLike, split: str,
     """All images of one split, in the order of the split file."""
     dirname = Path(dirname).resolve()
     records, clipped, first_clipped = [], 0, None
+    split_file = dirname / "ImageSets" / "Main" / f"{split}.txt"
     for image_id in read_split(dirname, split):
         xml_file = dirname / "Annotations" / f"{image_id}.xml"
         jpeg_file = dirname / "JPEGImages" / f"{image_id}.jpg"
-        split_file = dirname / "ImageSets" / "Main" / f"{split}.txt"
         if not xml_file.is_file():
             raise UserError(f"{xml_file}: annotation of image {image_id!r} (listed in {split_file}) not found")
         if not jpeg_file.is_file():
