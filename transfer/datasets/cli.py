@@ -8,7 +8,8 @@ from a seed, in the layouts of the real datasets, so every stage runs on it unch
   DIR/coco/                               COCO: train2017/, val2017/, annotations/instances_*.json
   DIR/SYNTH.json                          seed, scale, counts; marks the folder complete
 
-Point DIR at the data root (``--data-root`` / $DETECTRON2_DATASETS) of the other commands.
+DIR is a data root as the dataset readers take it (their data root argument or
+$DETECTRON2_DATASETS).
 Scales are defined in transfer/datasets/synth_scales.yaml.
 """
 
@@ -26,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions.required = True
     synth = actions.add_parser(
         "synth", help="write synthetic unlabeled/classify/VOC2007/VOC2012/COCO data",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write synthetic data under --out (see 'mocobench data --help' for the layout). "
                     "The same --seed and --scale give byte-identical files. Re-running into a complete "
                     "folder with the same seed and scale does nothing; a folder left incomplete by a "

@@ -12,6 +12,7 @@ object and its ground-truth mask agree pixel for pixel.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,8 +112,10 @@ def _coordinate(rng: np.random.Generator, radius: float, side: int, across_borde
 
 
 def rasterize(poly: np.ndarray, width: int, height: int) -> np.ndarray:
-    rle = mask_utils.frPyObjects([poly.ravel().tolist()], height, width)
-    return mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+    rle = mask_utils.merge(mask_utils.frPyObjects([poly.ravel().tolist()], height, width))
+    with warnings.catch_warnings():  # pycocotools' Cython decode predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
 
 
 def _paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, cls: ObjectClass,

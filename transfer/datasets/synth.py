@@ -15,6 +15,8 @@ folder with the same seed and scale is left as it is; anything else is refused.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -49,7 +51,8 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
     if seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed}")
     out = Path(out)
-    manifest = {"format": FORMAT, "generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale}
+    manifest = {"format": FORMAT, "generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale,
+                "parameters_sha256": _digest(spec, scale)}
     existing = _existing_manifest(out, manifest)
     if existing is not None:
         if progress:
@@ -65,6 +68,15 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
     manifest.update(complete=True, classes=[c.name for c in writer.classes], counts=counts)
     write_json(out / MARKER, manifest)
     return manifest
+
+
+def _digest(spec: SynthSpec, scale: str) -> str:
+    """Fingerprint of everything in synth_scales.yaml that shapes this scale's files, so data
+    written before an edit of the YAML is not mistaken for data written after it."""
+    used = {"scale": spec.scales[scale], "render": spec.render, "jpeg_quality": spec.jpeg_quality,
+            "classes": spec.classes[: spec.scales[scale].classes]}
+    text = json.dumps(used, default=lambda d: dataclasses.asdict(d), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _existing_manifest(out: Path, wanted: dict) -> dict | None:
@@ -87,10 +99,10 @@ def _existing_manifest(out: Path, wanted: dict) -> dict | None:
         return None
     same = {k: found.get(k) for k in wanted} == wanted
     if not same:
-        raise UserError(f"{out}: holds complete synthetic data for seed {found.get('seed')}, scale "
-                        f"{found.get('scale')}, generator version {found.get('generator_version')}; refusing to "
-                        f"overwrite it with seed {wanted['seed']}, scale {wanted['scale']}, version "
-                        f"{wanted['generator_version']} (delete it or give another --out)")
+        differ = ", ".join("other synth_scales.yaml parameters" if k == "parameters_sha256" else
+                           f"{k} {found.get(k)} (asked: {wanted[k]})" for k in wanted if found.get(k) != wanted[k])
+        raise UserError(f"{out}: holds complete synthetic data written with {differ}; refusing to "
+                        "overwrite it (delete it or give another --out)")
     return found
 
 
