@@ -18,6 +18,7 @@ from mocobench import UserError, __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
     "evaluate": ("transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
+    "convert": ("transfer.convert_cli", "convert a backbone checkpoint to detectron2 weights (.pkl)"),
 }
 
 
