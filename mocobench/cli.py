@@ -17,6 +17,9 @@ from mocobench import UserError, __version__
 # name -> (module providing add_arguments/run, one-line help). Order = order of the flow.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
+    "run-all": ("results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
+    "collate": ("results.collate", "run folders -> paper-format tables (md/csv/html/png) with deltas vs supervised"),
+    "audit": ("results.audit", "is a candidate's delta over a baseline better, worse or within noise?"),
 }
 
 
