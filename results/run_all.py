@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         targs = job.transfer_args(args.engine, args.data_root)
         argv = (transfer_argv(targs) if args.launcher != "torchrun"
                 else torchrun_argv(world, targs))
-        print(f"{state:9s} {job.name}  {' '.join(argv)}")
+        print(f"{state:9s} {job.name}  {shlex.join(argv)}")
         specs.append((job, LaunchSpec(job.name, job.run_dir, argv)))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(jobs)} jobs in {len(tables)} tables: {summary}; world size {world}")
