@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
     "evaluate": ("transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
     "convert": ("transfer.convert_cli", "convert a backbone checkpoint to detectron2 weights (.pkl)"),
+    "run-all": ("results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
+    "collate": ("results.collate", "run folders -> paper-format tables (md/csv/html/png) with deltas vs supervised"),
+    "audit": ("results.audit", "is a candidate's delta over a baseline better, worse or within noise?"),
 }
 
 

@@ -1,0 +1,117 @@
+"""Collate run folders into the paper's tables: RUN_ROOT/<table>/<init>/seed<k>/metrics.json.
+
+For each table: one row per init, one column per metric; a cell is the mean over the
+finished trials, "±std" when there are several, "[n/N]" when fewer than the table's N
+trials finished, and the delta against the baseline row (supervised) in the paper's form
+"81.4 (+0.6)". The published rows (paper / authors' repo, results/paper/) follow, with
+their deltas against the published baseline. A cell without any finished run is "—",
+never a zero. Writes report.md, report.html (self-contained), results.csv (every number),
+and per table <table>.csv (the cells as shown) and <table>.png (delta vs baseline per
+metric, error bars = std over trials).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from mocobench import UserError
+from mocobench.atomic import write_text
+from results.format import html_report, markdown_table, table_cells
+from results.paper import paper_rows
+from results.plot import write_delta_plot
+from results.runs import collect_table_runs, init_names
+from results.tables import Table, load_inits, resolve_tables, table_files
+
+STAT_COLUMNS = ["table", "row", "source", "baseline", "metric", "n", "trials", "mean", "std", "delta"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_root", metavar="RUN_ROOT", help="the --output folder of run-all")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md/.html, results.csv, PNGs")
+    p.add_argument("--tables", nargs="+", metavar="TABLE",
+                   help="table names or paths; default: every table with a folder under RUN_ROOT")
+    p.add_argument("--inits", metavar="FILE",
+                   help="inits file: its names are the rows, in its order (missing ones show as —); "
+                        "default: the init folders found under each table")
+
+
+def measured_stats(table: Table, runs: pd.DataFrame, rows: Sequence[str]) -> pd.DataFrame:
+    """Mean/std/n per (init, metric), every row x metric present (n=0 where nothing finished)."""
+    grid = pd.MultiIndex.from_product([list(rows), table.metrics], names=["row", "metric"])
+    agg = (runs.rename(columns={"init": "row"}).groupby(["row", "metric"])["value"]
+           .agg(n="count", mean="mean", std="std").reindex(grid).reset_index())
+    agg["n"] = agg["n"].fillna(0).astype(int)
+    agg["std"] = agg["std"].where(agg["n"] >= 2)
+    agg["source"] = "measured"
+    agg["trials"] = table.cfg.TRIALS
+    agg["baseline"] = agg["row"] == table.cfg.BASELINE
+    return agg
+
+
+def published_stats(table: Table) -> pd.DataFrame:
+    wide = paper_rows(table)
+    long = wide.melt(id_vars=["label", "source", "baseline"], value_vars=table.metrics,
+                     var_name="metric", value_name="mean")
+    long["row"] = long["source"] + ": " + long["label"]
+    long["n"], long["trials"], long["std"] = 1, 1, float("nan")
+    return long.drop(columns="label")
+
+
+def with_deltas(stats: pd.DataFrame) -> pd.DataFrame:
+    """delta = row mean - baseline mean of the same source and metric (none for the baseline)."""
+    base = stats[stats["baseline"]].groupby(["source", "metric"])["mean"].first()
+    key = pd.MultiIndex.from_frame(stats[["source", "metric"]])
+    stats = stats.copy()
+    stats["delta"] = (stats["mean"].to_numpy() - base.reindex(key).to_numpy())
+    stats.loc[stats["baseline"], "delta"] = float("nan")
+    return stats
+
+
+def table_stats(table: Table, run_root: Path, rows: Sequence[str]) -> pd.DataFrame:
+    runs = collect_table_runs(run_root, table.name, table.metrics)
+    stats = pd.concat([measured_stats(table, runs, rows), published_stats(table)], ignore_index=True)
+    stats = with_deltas(stats)
+    stats.insert(0, "table", table.name)
+    return stats[STAT_COLUMNS]
+
+
+def table_rows(table: Table, run_root: Path, inits: Sequence[str] | None) -> list[str]:
+    if inits is not None:
+        return [n for n in inits if not table.cfg.INITS or n in table.cfg.INITS]
+    found = init_names(run_root, table.name)
+    return list(dict.fromkeys([*table.cfg.INITS, *found]))
+
+
+def collate_tables(run_root: Path, names: Sequence[str] | None) -> list[Table]:
+    if names:
+        return resolve_tables(names)
+    present = {p.name for p in run_root.iterdir() if p.is_dir()} if run_root.is_dir() else set()
+    tables = [t for t in resolve_tables([p.stem for p in table_files()]) if t.name in present]
+    if not tables:
+        raise UserError(f"{run_root}: no table folders (expected {run_root}/<table>/<init>/seed<k>/)")
+    return tables
+
+
+def run(args: argparse.Namespace) -> int:
+    run_root, out = Path(args.run_root), Path(args.out)
+    inits = list(load_inits(args.inits)) if args.inits else None
+    sections, all_stats = [], []
+    for table in collate_tables(run_root, args.tables):
+        stats = table_stats(table, run_root, table_rows(table, run_root, inits))
+        cells = table_cells(table, stats)
+        png = out / f"{table.name}.png"
+        write_delta_plot(table, stats, png)
+        write_text(out / f"{table.name}.csv", cells.to_csv(index=False))
+        sections.append((table, cells, png))
+        all_stats.append(stats)
+        missing = int((stats["source"].eq("measured") & stats["n"].eq(0)).sum())
+        print(f"{table.name}: {cells.shape[0]} rows, {missing} missing cells")
+    write_text(out / "results.csv", pd.concat(all_stats, ignore_index=True).to_csv(index=False))
+    write_text(out / "report.md", "\n".join(markdown_table(t, c) for t, c, _ in sections))
+    write_text(out / "report.html", html_report(sections))
+    print(f"wrote {out}/report.md, report.html, results.csv and one .csv/.png per table")
+    return 0

@@ -1,0 +1,116 @@
+"""Run commands for jobs: in turn on this machine, under torchrun on one node, or on SLURM.
+
+A launcher gets argv lists (``LaunchSpec``), not jobs, so what runs on a cluster is
+exactly what ``--dry-run`` prints, and the launchers can be exercised with any command.
+Every launcher runs all specs even when some fail and returns the exit code per spec.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_FILE = "run_all.log"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    name: str
+    run_dir: Path
+    argv: list[str]  # for launch_submitit: the command EACH task runs
+
+
+def transfer_argv(args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "mocobench", "transfer", *args]
+
+
+def torchrun_argv(nproc: int, args: Sequence[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m mocobench transfer ...`` (torchrun's module)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "mocobench", "transfer", *args]
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This checkout first on the path, so children import the same code as run_all."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
+def launch_in_turn(specs: Sequence[LaunchSpec]) -> dict[str, int]:
+    """One after another in this process's shell; output to <run_dir>/run_all.log."""
+    codes = {}
+    for i, spec in enumerate(specs, 1):
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[{i}/{len(specs)}] {spec.name}: running (log: {spec.run_dir / LOG_FILE})", flush=True)
+        with open(spec.run_dir / LOG_FILE, "a") as log:
+            codes[spec.name] = subprocess.run(spec.argv, stdout=log, stderr=subprocess.STDOUT,
+                                              env=child_env()).returncode
+        print(f"[{i}/{len(specs)}] {spec.name}: exit {codes[spec.name]}", flush=True)
+    return codes
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    nodes: int = 1
+    gpus_per_node: int = 8
+    tasks_per_node: int = 8   # one DDP rank per task
+    timeout_min: int = 24 * 60
+    cpus_per_task: int = 10
+    partition: str = ""
+
+
+class DistributedTask:
+    """What each submitit task runs: the command, with torch.distributed's variables set
+    from the task's place in the job (so one job = one multi-node DDP run)."""
+
+    def __init__(self, argv: Sequence[str], log: Path) -> None:
+        self.argv, self.log = list(argv), log
+
+    def __call__(self) -> int:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        port = 10000 + int("".join(c for c in str(env.job_id) if c.isdigit()) or 0) % 20000
+        ddp = {"RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank),
+               "WORLD_SIZE": str(env.num_tasks), "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
+               "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(port)}
+        log = self.log.with_name(f"{self.log.stem}.rank{env.global_rank}{self.log.suffix}")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            rc = subprocess.run(self.argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(ddp)).returncode
+        if rc:
+            raise RuntimeError(f"rank {env.global_rank}: {' '.join(self.argv)} exited {rc} (log: {log})")
+        return rc
+
+
+def launch_submitit(specs: Sequence[LaunchSpec], params: ClusterParams, folder: Path,
+                    cluster: str | None = None) -> dict[str, int]:
+    """Submit every spec as one job (SLURM, or ``cluster="local"``), then wait for all."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    executor.update_parameters(nodes=params.nodes, gpus_per_node=params.gpus_per_node,
+                               tasks_per_node=params.tasks_per_node, cpus_per_task=params.cpus_per_task,
+                               timeout_min=params.timeout_min)
+    if params.partition:
+        executor.update_parameters(slurm_partition=params.partition)
+    submitted = []
+    for spec in specs:
+        executor.update_parameters(name=spec.name.replace("/", "."))
+        job = executor.submit(DistributedTask(spec.argv, spec.run_dir / LOG_FILE))
+        print(f"{spec.name}: submitted job {job.job_id}", flush=True)
+        submitted.append((spec, job))
+    codes = {}
+    for spec, job in submitted:
+        try:
+            job.results()
+            codes[spec.name] = 0
+        except Exception as e:  # a failed job must not stop waiting for the others
+            print(f"{spec.name}: job {job.job_id} failed: {str(e).strip().splitlines()[-1]}", flush=True)
+            codes[spec.name] = 1
+    return codes

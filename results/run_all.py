@@ -1,0 +1,151 @@
+"""Run every job of the paper's tables: tables x inits x seeds -> OUTPUT/<table>/<init>/seed<k>/.
+
+Finished runs (a valid metrics.json) are skipped and interrupted ones resumed from their
+last checkpoint, so this can be re-run after a kill, a crash or a preempted allocation and
+only runs what is left. Each job is one ``mocobench transfer`` run, launched in turn on this
+machine (local), as a torchrun DDP run on this node (torchrun), or as one SLURM job per run
+through submitit (slurm), one task per GPU. With a world size other than the table's
+reference (the paper used 8 GPUs), images per batch and LR scale linearly and iterations
+inversely (detectron2's REFERENCE_WORLD_SIZE rule); job.json in each run folder records the
+command, the world size and those overrides. A failed job does not stop the others; the
+summary names it and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from pathlib import Path
+
+from mocobench import UserError
+from mocobench.atomic import write_json
+from results.jobs import DONE, Job, expand, reference_world_size, scaling_overrides
+from results.launch import (ClusterParams, LaunchSpec, launch_in_turn, launch_submitit, torchrun_argv,
+                            transfer_argv)
+from results.runs import read_metrics
+from results.tables import load_inits, resolve_tables
+
+LAUNCHERS = ("local", "torchrun", "slurm")
+NO_CONFIG = "no-config"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tables", nargs="+", metavar="TABLE",
+                   help="table names (configs/tables/<name>.yaml) or paths; default: every paper-scale table")
+    p.add_argument("--inits", required=True, metavar="FILE",
+                   help="YAML: init name -> {weights: converted .pkl (empty: random init), format: RGB|BGR}")
+    p.add_argument("--engine", default="torchvision", choices=("torchvision", "detectron2"),
+                   help="detection engine passed to mocobench transfer (default: torchvision)")
+    p.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="local: one process per job, in turn; torchrun: DDP over --gpus on this node; "
+                        "slurm: one submitit job per run (default: local)")
+    p.add_argument("--gpus", type=int, default=int(os.environ.get("MOCOBENCH_GPUS", 0)) or None,
+                   help="GPUs (DDP processes) per node; torchrun default: all visible, slurm default: 8 "
+                        "[env MOCOBENCH_GPUS]")
+    p.add_argument("--nodes", type=int, default=int(os.environ.get("MOCOBENCH_NODES", 1)),
+                   help="nodes per job (slurm only) [env MOCOBENCH_NODES, default 1]")
+    p.add_argument("--partition", default=os.environ.get("MOCOBENCH_PARTITION", ""),
+                   help="SLURM partition [env MOCOBENCH_PARTITION; default: the cluster's]")
+    p.add_argument("--time", type=int, default=int(os.environ.get("MOCOBENCH_TIME_MIN", 24 * 60)),
+                   metavar="MIN", help="SLURM time limit per job in minutes [env MOCOBENCH_TIME_MIN, default 1440]")
+    p.add_argument("--cpus-per-task", type=int, default=int(os.environ.get("MOCOBENCH_CPUS_PER_TASK", 10)),
+                   help="SLURM CPUs per GPU task (data loading) [env MOCOBENCH_CPUS_PER_TASK, default 10]")
+    p.add_argument("--output", default="output", metavar="DIR", help="root of the run folders (default: output)")
+    p.add_argument("--data-root", metavar="R", help="datasets root passed to each job (else $DETECTRON2_DATASETS)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list every job with its state (done / resume / new) and command; run nothing")
+
+
+def world_size(args: argparse.Namespace) -> int:
+    if args.launcher == "local":
+        if args.gpus and args.gpus > 1:
+            raise UserError(f"--gpus {args.gpus}: the local launcher runs one process; use --launcher torchrun")
+        return 1
+    return gpus_per_node(args) * (args.nodes if args.launcher == "slurm" else 1)
+
+
+def gpus_per_node(args: argparse.Namespace) -> int:
+    if args.gpus:
+        return args.gpus
+    if args.launcher == "slurm":
+        return 8
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def plan(job: Job, world: int) -> str:
+    """The job's state; for one to run, sets the overrides that scale it to this world size."""
+    if not job.config.is_file():
+        return NO_CONFIG
+    state = job.state
+    if state == DONE:
+        return state
+    from transfer.config import load_detection_config
+
+    cfg = load_detection_config(job.config)
+    try:
+        job.overrides = scaling_overrides(cfg, reference_world_size(job.table, cfg), world)
+    except ValueError as e:
+        raise UserError(f"{job.config}: {e}") from None
+    return state
+
+
+def run(args: argparse.Namespace) -> int:
+    tables = resolve_tables(args.tables)
+    inits = load_inits(args.inits)
+    output = Path(args.output).resolve()
+    world = world_size(args)
+    jobs = expand(tables, inits, output)
+    specs, counts, missing = [], {}, []
+    for job in jobs:
+        state = plan(job, world)
+        counts[state] = counts.get(state, 0) + 1
+        if state == NO_CONFIG:
+            missing.append(job)
+            print(f"{NO_CONFIG:9s} {job.name}  (config not found: {job.config})")
+            continue
+        if state == DONE:
+            print(f"{DONE:9s} {job.name}")
+            continue
+        targs = job.transfer_args(args.engine, args.data_root)
+        argv = (transfer_argv(targs) if args.launcher != "torchrun"
+                else torchrun_argv(world, targs))
+        print(f"{state:9s} {job.name}  {shlex.join(argv)}")
+        specs.append((job, LaunchSpec(job.name, job.run_dir, argv)))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(jobs)} jobs in {len(tables)} tables: {summary}; world size {world}")
+    if args.dry_run:
+        return 0
+    for job, spec in specs:
+        write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
+    codes = launch(args, [s for _, s in specs], output, world)
+    failed = [j.name for j, s in specs if codes.get(s.name) or read_metrics(j.run_dir, j.table.metrics) is None]
+    failed += [j.name for j in missing]
+    finished = len(specs) + len(missing) - len(failed)
+    print(f"run_all: {counts.get(DONE, 0)} already done, {finished} finished now, {len(failed)} failed")
+    for name in failed:
+        print(f"  FAILED {name}")
+    return 1 if failed else 0
+
+
+def launch(args: argparse.Namespace, specs: list[LaunchSpec], output: Path, world: int) -> dict[str, int]:
+    if not specs:
+        return {}
+    if args.launcher == "slurm":
+        gpus = gpus_per_node(args)
+        params = ClusterParams(nodes=args.nodes, gpus_per_node=gpus, tasks_per_node=gpus,
+                               timeout_min=args.time, cpus_per_task=args.cpus_per_task,
+                               partition=args.partition)
+        return launch_submitit(specs, params, output / ".submitit")
+    return launch_in_turn(specs)
+
+
+def job_record(job: Job, spec: LaunchSpec, args: argparse.Namespace, world: int) -> dict:
+    """job.json: what ran in this folder and how it was scaled, for whoever reads the result."""
+    return {"table": job.table.name, "table_file": str(job.table.path), "init": job.init.name,
+            "weights": str(job.init.weights) if job.init.weights else None, "format": job.init.format,
+            "seed": job.seed, "config": str(job.config), "engine": args.engine, "launcher": args.launcher,
+            "world_size": world, "scaling_overrides": job.overrides, "resumed": "--resume" in spec.argv, "argv": spec.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -1,0 +1,174 @@
+"""Paper tables as data (configs/tables/*.yaml) and the user's inits file.
+
+A table says which detection config each init runs with, for how many seeds, which
+metrics are its columns and which published rows sit beside it; the inits file says
+which backbones are the rows. Both are validated on load so that a typo fails before a
+cluster allocation, not after it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+from fvcore.common.config import CfgNode
+
+from mocobench import UserError
+from mocobench.config import check_keys, load_config, load_defaults
+
+DEFAULTS_FILE = Path(__file__).with_name("table_defaults.yaml")
+TABLES_DIR = Path(__file__).resolve().parents[1] / "configs" / "tables"
+FORMATS = ("RGB", "BGR")
+SCALES = ("paper", "demo")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    path: Path
+    cfg: CfgNode
+
+    @property
+    def title(self) -> str:
+        return self.cfg.TITLE or self.name
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.cfg.METRICS)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.cfg.TRIALS))
+
+    def config_for(self, fmt: str) -> Path:
+        """The detection config an init of input format ``fmt`` runs with."""
+        rel = self.cfg.CONFIG[fmt]
+        if not rel:
+            raise UserError(f"{self.path}: CONFIG.{fmt} is empty, but an init has input format {fmt}")
+        return (self.path.parent / rel).resolve()
+
+    def config_paths(self) -> list[Path]:
+        return [self.config_for(f) for f in FORMATS if self.cfg.CONFIG[f]]
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> CfgNode:
+    return load_defaults(DEFAULTS_FILE)
+
+
+def load_table(path: str | os.PathLike) -> Table:
+    path = Path(path).resolve()
+    cfg = load_config(_defaults(), path)
+    _validate(cfg, path)
+    cfg.freeze()
+    return Table(path.stem, path, cfg)
+
+
+def _validate(cfg: CfgNode, path: Path) -> None:
+    if cfg.SCALE not in SCALES:
+        raise UserError(f"{path}: SCALE must be one of {SCALES}, got {cfg.SCALE!r}")
+    if not (cfg.CONFIG.RGB or cfg.CONFIG.BGR):
+        raise UserError(f"{path}: CONFIG needs a detection config for RGB or BGR inits")
+    if cfg.TRIALS < 1:
+        raise UserError(f"{path}: TRIALS must be >= 1, got {cfg.TRIALS}")
+    if not cfg.METRICS:
+        raise UserError(f"{path}: METRICS is empty; name the columns, e.g. [bbox/AP50, bbox/AP]")
+    for m in cfg.METRICS:
+        if m.count("/") != 1:
+            raise UserError(f"{path}: metric {m!r} is not of the form <task>/<key>, e.g. bbox/AP50")
+    if cfg.PAPER.FILE and len(cfg.PAPER.COLUMNS) != len(cfg.METRICS):
+        raise UserError(f"{path}: PAPER.COLUMNS needs one entry per METRICS entry "
+                        f"({len(cfg.METRICS)}), got {len(cfg.PAPER.COLUMNS)}")
+
+
+def table_files(directory: Path = TABLES_DIR) -> list[Path]:
+    return sorted(directory.glob("*.yaml"))
+
+
+def resolve_tables(names: Sequence[str] | None, directory: Path = TABLES_DIR) -> list[Table]:
+    """Tables by name (stem under ``directory``) or path; none named: every paper-scale table."""
+    if not names:
+        tables = [load_table(p) for p in table_files(directory)]
+        return [t for t in tables if t.cfg.SCALE == "paper"]
+    out = []
+    for name in names:
+        path = Path(name)
+        if not path.suffix:
+            path = directory / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in table_files(directory))
+            raise UserError(f"{name}: no such table (known: {known})")
+        out.append(load_table(path))
+    return out
+
+
+# ---- inits -------------------------------------------------------------------------
+
+INIT_KEYS = CfgNode({"weights": "", "format": ""})
+RANDOM_INIT_FORMAT = "RGB"  # no weights: normalise like the MoCo configs (ImageNet RGB mean/std)
+
+
+@dataclass(frozen=True)
+class Init:
+    name: str
+    weights: Path | None  # None: random init
+    format: str
+
+
+def load_inits(path: str | os.PathLike) -> dict[str, Init]:
+    """``name: {weights: PATH, format: RGB|BGR}``; weights relative to the file; empty = random."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise UserError(f"{path}: inits file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path}: an inits file maps init names to {{weights, format}}")
+    inits = {}
+    for name, entry in data.items():
+        name = str(name)
+        if "/" in name or name.startswith("."):
+            raise UserError(f"{path}: init name {name!r} cannot be a folder name")
+        entry = entry or {}
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}: init '{name}' must be a mapping {{weights, format}}, got {entry!r}")
+        check_keys(entry, INIT_KEYS, f"{path}: init '{name}'")
+        weights = Path(os.path.expanduser(str(entry["weights"]))) if entry.get("weights") else None
+        if weights is not None and not weights.is_absolute():
+            weights = (path.parent / weights).resolve()
+        fmt = entry.get("format") or _format_of(weights, path, name)
+        if fmt not in FORMATS:
+            raise UserError(f"{path}: init '{name}': format must be RGB or BGR, got {fmt!r}")
+        inits[name] = Init(name, weights, fmt)
+    return inits
+
+
+def _format_of(weights: Path | None, source: Path, name: str) -> str:
+    """The input format recorded in a converted .pkl (contract 3), for inits that omit it."""
+    if weights is None:
+        return RANDOM_INIT_FORMAT
+    where = f"{source}: init '{name}'"
+    if not weights.is_file():
+        raise UserError(f"{where}: weights {weights} not found (needed to read its input format)")
+    try:
+        with open(weights, "rb") as f:
+            data = pickle.load(f)
+        return data["__mocobench__"]["input_format"]
+    except Exception:
+        raise UserError(f"{where}: {weights} carries no __mocobench__ input_format; "
+                        f"give format: RGB or BGR") from None
+
+
+def select_inits(table: Table, inits: dict[str, Init]) -> list[Init]:
+    names: Iterable[str] = table.cfg.INITS or inits.keys()
+    missing = [n for n in names if n not in inits]
+    if missing:
+        raise UserError(f"{table.path}: INITS {missing} are not in the inits file")
+    return [inits[n] for n in names]
