@@ -17,6 +17,10 @@ from mocobench import UserError, __version__
 # name -> (module providing add_arguments/run, one-line help). Order = order of the flow.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
+    "pretrain": ("pretrain.cli", "MoCo v1/v2 self-supervised pretraining -> checkpoint (MoCo repo layout)"),
+    "knn": ("pretrain.knn", "weighted kNN top-1 of frozen features (monitor self-supervised encoders)"),
+    "lincls": ("pretrain.lincls", "linear classification protocol on a frozen pretrained trunk"),
+    "supervised": ("pretrain.supervised", "train the same ResNet with labels -> torchvision .pth (supervised init)"),
 }
 
 
