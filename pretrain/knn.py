@@ -1,0 +1,96 @@
+"""Weighted kNN top-1 of frozen features on a labelled train/val ImageFolder.
+
+The protocol of InstDisc (Wu et al. 2018), used as a cheap monitor of self-supervised
+features: L2-normalised pooled features of the frozen trunk (BN in eval); each val image
+votes with its k nearest train images by cosine similarity s, weighted exp(s / T). Reads
+a MoCo checkpoint (ours or the authors'), a torchvision state dict, or --random-init
+(the same ResNet shape untrained, from the config's MODEL keys) for comparison.
+Prints {"top1@k": percent, ...} as JSON; --output writes it to a file as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+from torch.utils.data import SequentialSampler
+
+from mocobench import UserError
+from mocobench import dist as mdist
+from mocobench.atomic import write_json
+from mocobench.resnet import build_resnet
+from pretrain import checkpoint
+from pretrain.augment import eval_transform
+from pretrain.config import load_pretrain_config, resnet_shape
+from pretrain.data import ImageDataset, labelled_split, make_loader
+from pretrain.features import extract, load_trunk
+
+
+def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
+             val_labels: torch.Tensor, ks: list[int], T: float, chunk: int = 256) -> dict[str, float]:
+    """Top-1 (percent) for each k of a similarity-weighted kNN vote."""
+    train_feats, val_feats = F.normalize(train_feats, dim=1), F.normalize(val_feats, dim=1)
+    num_classes = int(max(train_labels.max(), val_labels.max())) + 1
+    k_max = min(max(ks), train_feats.shape[0])
+    correct = {k: 0 for k in ks}
+    for start in range(0, val_feats.shape[0], chunk):
+        sims, idx = (val_feats[start:start + chunk] @ train_feats.T).topk(k_max, dim=1)
+        votes = F.one_hot(train_labels[idx], num_classes).float() * (sims / T).exp().unsqueeze(-1)
+        truth = val_labels[start:start + chunk]
+        for k in ks:
+            pred = votes[:, :min(k, k_max)].sum(dim=1).argmax(dim=1)
+            correct[k] += int((pred == truth).sum())
+    return {f"top1@{k}": 100.0 * correct[k] / val_feats.shape[0] for k in ks}
+
+
+def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.device) -> dict[str, float]:
+    """kNN top-1 of ``net``'s trunk on ``data_root``/{train,val} (eval transforms), all
+    in this process (under DDP, rank 0 runs it while the others wait)."""
+    feats = {}
+    for split in ("train", "val"):
+        samples, _ = labelled_split(data_root, split)
+        dataset = ImageDataset(samples, eval_transform(cfg), seed=cfg.TRAIN.SEED)
+        loader = make_loader(dataset, batch_size=cfg.SOLVER.BATCH_SIZE,
+                             sampler=SequentialSampler(dataset),
+                             num_workers=cfg.DATA.NUM_WORKERS, drop_last=False)
+        feats[split] = extract(net, loader, device)
+    return knn_top1(*feats["train"], *feats["val"], ks=list(cfg.KNN.K), T=cfg.KNN.T)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="MoCo checkpoint (.pth.tar) or torchvision state dict (.pth)")
+    src.add_argument("--random-init", action="store_true",
+                     help="evaluate an untrained ResNet of the config's MODEL shape (seed TRAIN.SEED)")
+    parser.add_argument("--data", required=True, help="labelled root holding train/<class>/* and val/<class>/*")
+    parser.add_argument("--config", help="pretrain-stage config (INPUT sizes, KNN.K/T, MODEL shape for "
+                                         "--random-init; default: pretrain/defaults.yaml)")
+    parser.add_argument("--output", help="also write the result JSON to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_pretrain_config(args.config, args.opts)
+    torch.manual_seed(cfg.TRAIN.SEED)
+    if args.random_init:
+        shape, trunk = resnet_shape(cfg), None
+    else:
+        trunk = checkpoint.backbone_state(args.weights)
+        shape = checkpoint.infer_shape(trunk, args.weights)
+    net = build_resnet(shape)
+    if trunk is not None:
+        try:
+            load_trunk(net, trunk, args.weights)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    device = mdist.init_from_env(cfg.TRAIN.DEVICE)
+    result = evaluate(net.to(device), cfg, args.data, device)
+    result.update(weights=args.weights or "random-init", resnet_shape=shape.as_dict())
+    print(json.dumps(result, sort_keys=True))
+    if args.output:
+        write_json(Path(args.output), result)
+    return 0

@@ -1,0 +1,57 @@
+"""Linear classification protocol: a frozen pretrained trunk (BN in eval mode) and a
+linear fc on its pooled features, trained on a labelled ImageFolder (DATA.PATH or --data:
+a root with train/<class>/* and val/<class>/*); reports val top-1.
+
+Paper hyper-parameters (configs/pretrain/lincls_r50.yaml): SGD lr 30, weight decay 0,
+momentum 0.9, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80; fc initialised
+N(0, 0.01), bias 0. --weights reads a MoCo checkpoint (ours or the authors') or a
+torchvision state dict; the trunk's shape is read off the weights. Writes config.yaml,
+metrics.jsonl, checkpoint_last.pth.tar (per epoch, for --resume) and metrics.json
+({"top1", "epochs", "classes"}) in the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mocobench import UserError
+from mocobench import dist as mdist
+from mocobench.resnet import build_resnet
+from pretrain import checkpoint
+from pretrain.classifier import train_classifier
+from pretrain.cli import add_run_arguments, config_from_args
+from pretrain.data import labelled_split
+from pretrain.features import load_trunk
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="MoCo checkpoint or torchvision state dict to probe")
+    add_run_arguments(parser, "labelled root holding train/<class>/* and val/<class>/*")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, out_dir = config_from_args(args)
+    trunk = checkpoint.backbone_state(args.weights)
+    shape = checkpoint.infer_shape(trunk, args.weights)
+    _, classes = labelled_split(cfg.DATA.PATH, "train")
+    torch.manual_seed(cfg.TRAIN.SEED)
+    net = build_resnet(shape, num_classes=len(classes))
+    try:
+        load_trunk(net, trunk, args.weights)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for name, p in net.named_parameters():
+        p.requires_grad = name.startswith("fc.")
+    torch.nn.init.normal_(net.fc.weight, 0.0, 0.01)
+    torch.nn.init.zeros_(net.fc.bias)
+    try:
+        device = mdist.init_from_env(cfg.TRAIN.DEVICE)
+        result = train_classifier(cfg, net.to(device), net.fc.parameters(), out_dir, args.resume,
+                                  frozen_trunk=True, label="lincls", device=device)
+        if mdist.is_main():
+            print(f"lincls top-1 {result['top1']:.2f}% ({args.weights})")
+    finally:
+        mdist.cleanup()
+    return 0

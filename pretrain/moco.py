@@ -1,0 +1,94 @@
+"""The MoCo module (He et al., CVPR 2020, Algorithm 1): a query encoder trained by
+back-propagation, a key encoder that is its momentum (EMA) copy, and a queue of past keys
+that serve as negatives for the InfoNCE loss.
+
+Why a queue and a momentum encoder: the dictionary of negatives can be much larger than
+a batch (K = 65536), and keys encoded a few hundred steps ago stay consistent with the
+current ones because the key encoder changes slowly (m = 0.999).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+
+from mocobench.resnet import ResNetShape, build_resnet
+from pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
+
+
+def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1) -> nn.Module:
+    """A torchvision ResNet whose fc is the projection head (v1: fc to dim; v2: MLP).
+
+    The head keeps the name ``fc`` (``fc.0``/``fc.2`` for the MLP), as in the authors'
+    builder, so trunk parameters keep torchvision's names and tools strip ``fc`` alone.
+    """
+    norm = partial(SplitBatchNorm, groups=bn_groups) if bn_groups > 1 else None
+    net = build_resnet(shape, num_classes=dim, norm_layer=norm)
+    if mlp:
+        hidden = net.fc.in_features
+        net.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), net.fc)
+    return net
+
+
+class MoCo(nn.Module):
+    def __init__(self, encoder: nn.Module, dim: int = 128, K: int = 65536, m: float = 0.999,
+                 T: float = 0.07) -> None:
+        super().__init__()
+        self.K, self.m, self.T = K, m, T
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """key <- m * key + (1 - m) * query, for parameters only (BN buffers of the key
+        encoder come from its own forward passes)."""
+        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+            pk.mul_(self.m).add_(pq.detach() * (1.0 - self.m))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest keys with this step's keys from every rank."""
+        keys = gather_batches(keys)
+        n = keys.shape[0]
+        if self.K % n:
+            raise ValueError(f"queue size K={self.K} is not divisible by the global batch {n}")
+        ptr = int(self.queue_ptr)
+        self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + n) % self.K
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, 1+K) of [positive, K negatives] / T, and labels (N,) all 0 (the positive).
+
+        As in the authors' builder, the momentum update runs here, before the keys are
+        encoded, from the query parameters the previous optimizer step left.
+        """
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            self.momentum_update()
+            shuffled, unshuffle = shuffle_batch(im_k)
+            k = unshuffle(F.normalize(self.encoder_k(shuffled), dim=1))
+        l_pos = (q * k).sum(dim=1, keepdim=True)
+        l_neg = q @ self.queue.clone().detach().to(q.dtype)
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        self.enqueue(k)
+        return logits, labels
+
+
+def build_moco(cfg: CfgNode, shape: ResNetShape) -> MoCo:
+    c = cfg.MOCO
+    return MoCo(build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS), dim=c.DIM, K=c.K, m=c.M, T=c.T)
+
+
+def instance_accuracy(logits: torch.Tensor) -> float:
+    """Top-1 of the instance-discrimination task: how often the positive beats all K negatives."""
+    return (logits.argmax(dim=1) == 0).float().mean().item()

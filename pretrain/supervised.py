@@ -1,0 +1,49 @@
+"""Supervised init: train the same torchvision ResNet (shape from the config's MODEL keys)
+with labels on a labelled ImageFolder (DATA.PATH or --data: train/<class>/*, val/<class>/*)
+using cross-entropy, SGD and standard augmentation (random resized crop, flip).
+
+Writes model_final.pth, a torchvision-layout state dict (conv1.weight ... fc.bias) saved
+atomically with torch.save: the "supervised" init of the transfer tables at small scale,
+read by `mocobench convert` like torchvision's own ImageNet weights. Also config.yaml,
+metrics.jsonl, checkpoint_last.pth.tar (per epoch, for --resume) and metrics.json
+({"top1", "epochs", "classes"}). Under torchrun, BN layers become SyncBatchNorm on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mocobench import dist as mdist
+from mocobench.atomic import torch_save
+from mocobench.resnet import build_resnet
+from pretrain.classifier import train_classifier
+from pretrain.cli import add_run_arguments, config_from_args
+from pretrain.config import resnet_shape
+from pretrain.data import labelled_split
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser, "labelled root holding train/<class>/* and val/<class>/*")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, out_dir = config_from_args(args)
+    _, classes = labelled_split(cfg.DATA.PATH, "train")
+    torch.manual_seed(cfg.TRAIN.SEED)
+    net = build_resnet(resnet_shape(cfg), num_classes=len(classes))
+    try:
+        device = mdist.init_from_env(cfg.TRAIN.DEVICE)
+        if mdist.world_size() > 1 and device.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = net.to(device)
+        result = train_classifier(cfg, net, net.parameters(), out_dir, args.resume,
+                                  frozen_trunk=False, label="supervised", device=device)
+        if mdist.is_main():
+            path = out_dir / "model_final.pth"
+            torch_save(path, {k: v.cpu() for k, v in net.state_dict().items()})
+            print(f"supervised top-1 {result['top1']:.2f}%: {path}")
+    finally:
+        mdist.cleanup()
+    return 0

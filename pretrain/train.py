@@ -1,0 +1,144 @@
+"""MoCo pretraining loop: DDP, shuffle-BN, checkpoints, exact resume, metrics.jsonl.
+
+One code path for every scale: a ResNet-50 on ImageNet over 8 GPUs and the demo's
+narrow ResNet-50 on 64-pixel crops on two CPU cores differ only in config values.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+from torch.nn.parallel import DistributedDataParallel
+
+from mocobench import UserError, __version__
+from mocobench import dist as mdist
+from mocobench.atomic import write_text
+from mocobench.progress import JsonlLog, Progress
+from pretrain import checkpoint
+from pretrain.augment import moco_transform
+from pretrain.config import resnet_shape
+from pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, user_errors_from_workers
+from pretrain.knn import evaluate as knn_evaluate
+from pretrain.moco import MoCo, build_moco, instance_accuracy
+from pretrain.schedule import learning_rate
+
+
+def check_batch(cfg: CfgNode, world: int) -> int:
+    """The per-process batch; refuses sizes the queue and BN groups cannot divide."""
+    batch, K, groups = cfg.SOLVER.BATCH_SIZE, cfg.MOCO.K, cfg.MOCO.SPLIT_BN_GROUPS
+    if batch % world:
+        raise UserError(f"SOLVER.BATCH_SIZE {batch} is not divisible by the {world} processes")
+    if K % batch:
+        raise UserError(f"MOCO.K {K} is not divisible by the global batch SOLVER.BATCH_SIZE {batch}: "
+                        "the queue is replaced a whole batch at a time")
+    if (batch // world) % groups:
+        raise UserError(f"per-process batch {batch // world} is not divisible by MOCO.SPLIT_BN_GROUPS {groups}")
+    return batch // world
+
+
+def _state(cfg: CfgNode, moco: MoCo, optimizer, scaler, epoch: int, position: int, iteration: int) -> dict:
+    return {
+        "epoch": epoch, "arch": f"resnet{cfg.MODEL.DEPTH}",
+        "state_dict": {"module." + k: v for k, v in moco.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "iteration": iteration, "epoch_position": position, "rng": checkpoint.rng_state(),
+        "resnet_shape": resnet_shape(cfg).as_dict(), "config": cfg.dump(), "mocobench_version": __version__,
+    }
+
+
+def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
+    """Run (or continue) MoCo pretraining; returns the final checkpoint's path."""
+    device = mdist.init_from_env(cfg.TRAIN.DEVICE)
+    world, main = mdist.world_size(), mdist.is_main()
+    per_rank = check_batch(cfg, world)
+    samples = list_images(cfg.DATA.PATH)
+    on_gpu = device.type == "cuda"
+    amp, channels_last = on_gpu and cfg.TRAIN.AMP, on_gpu and cfg.TRAIN.CHANNELS_LAST
+
+    torch.manual_seed(cfg.TRAIN.SEED)
+    moco = build_moco(cfg, resnet_shape(cfg)).to(device)
+    if channels_last:
+        moco = moco.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(moco.encoder_q.parameters(), lr=learning_rate(cfg, 0),
+                                momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+
+    dataset = ImageDataset(samples, moco_transform(cfg), seed=cfg.TRAIN.SEED)
+    sampler = ResumableSampler(dataset, shuffle=True, seed=cfg.TRAIN.SEED)
+    iters_per_epoch = len(sampler.inner) // per_rank
+    if iters_per_epoch == 0:
+        raise UserError(f"{cfg.DATA.PATH}: {len(samples)} images give no full batch of {cfg.SOLVER.BATCH_SIZE}")
+    total = iters_per_epoch * cfg.SOLVER.EPOCHS
+
+    epoch, position, iteration = 0, 0, 0
+    last = checkpoint.latest(out_dir) if resume else None
+    if last is not None:
+        state = checkpoint.load(last)
+        moco.load_state_dict({k.removeprefix("module."): v for k, v in state["state_dict"].items()})
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        epoch, position, iteration = state["epoch"], state["epoch_position"], state["iteration"]
+        checkpoint.set_rng_state(state["rng"])
+    model = DistributedDataParallel(moco, device_ids=[device.index] if on_gpu else None) if world > 1 else moco
+    if main:
+        write_text(out_dir / "config.yaml", cfg.dump())
+    log = JsonlLog(out_dir / "metrics.jsonl", enabled=main)
+    log.truncate_after("iter", iteration)
+    progress = Progress("pretrain", total, start=iteration, enabled=main)
+
+    def save(name: str, ep: int, pos: int) -> Path:
+        path = out_dir / name
+        if main:
+            path = checkpoint.save(out_dir, name, _state(cfg, moco, optimizer, scaler, ep, pos, iteration))
+        mdist.barrier()
+        return path
+
+    final = out_dir / f"checkpoint_{cfg.SOLVER.EPOCHS:04d}.pth.tar"
+    moco.train()
+    while epoch < cfg.SOLVER.EPOCHS:
+        lr = learning_rate(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip=position * per_rank)
+        loader = make_loader(dataset, per_rank, sampler, cfg.DATA.NUM_WORKERS, drop_last=True, pin_memory=on_gpu)
+        tick = time.perf_counter()
+        with user_errors_from_workers():
+            for (im_q, im_k), _ in loader:
+                im_q, im_k = im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+                if channels_last:
+                    im_q, im_k = (t.contiguous(memory_format=torch.channels_last) for t in (im_q, im_k))
+                with torch.autocast(device.type, enabled=amp):
+                    logits, labels = model(im_q, im_k)
+                    loss = F.cross_entropy(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                iteration, position = iteration + 1, position + 1
+                if iteration % cfg.TRAIN.LOG_PERIOD == 0 or iteration == total:
+                    now = time.perf_counter()
+                    speed = cfg.SOLVER.BATCH_SIZE * cfg.TRAIN.LOG_PERIOD / max(now - tick, 1e-9)
+                    values = dict(epoch=epoch, loss=loss.item(), acc1=100 * instance_accuracy(logits),
+                                  lr=lr, images_per_s=speed)
+                    log.write(iter=iteration, **values)
+                    progress.report(iteration, **values)
+                    tick = now
+                period = cfg.CHECKPOINT.PERIOD_ITERS
+                if period and iteration % period == 0 and position < iters_per_epoch:
+                    save("checkpoint_last.pth.tar", epoch, position)
+        epoch, position = epoch + 1, 0
+        knn_period = cfg.KNN.PERIOD_EPOCHS
+        if cfg.KNN.DATA and (epoch == cfg.SOLVER.EPOCHS or (knn_period and epoch % knn_period == 0)):
+            if main:
+                log.write(iter=iteration, epoch=epoch, **knn_evaluate(moco.encoder_q, cfg, cfg.KNN.DATA, device))
+            mdist.barrier()
+        if epoch == cfg.SOLVER.EPOCHS or epoch % cfg.CHECKPOINT.PERIOD_EPOCHS == 0:
+            save(f"checkpoint_{epoch:04d}.pth.tar", epoch, 0)
+        elif cfg.CHECKPOINT.PERIOD_ITERS:
+            save("checkpoint_last.pth.tar", epoch, 0)
+    return final

@@ -1,0 +1,96 @@
+"""The MoCo module: logits and labels, InfoNCE value, momentum update, queue, split BN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mocobench.resnet import ResNetShape
+from pretrain.moco import MoCo, build_encoder
+from pretrain.shuffle_bn import SplitBatchNorm
+
+SHAPE = ResNetShape(50, 8, 16, 4)
+
+
+def tiny_moco(K: int = 8, dim: int = 16, m: float = 0.9, mlp: bool = True, groups: int = 1) -> MoCo:
+    torch.manual_seed(0)
+    return MoCo(build_encoder(SHAPE, dim, mlp, groups), dim=dim, K=K, m=m, T=0.2)
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_are_positive_then_queue_and_labels_are_zero():
+    moco = tiny_moco(K=8)
+    logits, labels = moco(images(4, 1), images(4, 2))
+    assert logits.shape == (4, 1 + 8)
+    assert labels.shape == (4,) and labels.dtype == torch.long and bool((labels == 0).all())
+
+
+def test_loss_is_log_1_plus_K_when_every_logit_is_equal():
+    K = 8
+    moco = tiny_moco(K=K).eval()
+    x = images(1, 3)
+    with torch.no_grad():
+        key = F.normalize(moco.encoder_k(x), dim=1)
+    moco.queue.copy_(key.T.repeat(1, K))
+    logits, labels = moco(x, x)
+    assert torch.allclose(logits, logits[:, :1].expand_as(logits), atol=1e-5)
+    assert abs(F.cross_entropy(logits, labels).item() - math.log(1 + K)) < 1e-5
+
+
+def test_key_encoder_is_momentum_average_of_query_encoder():
+    moco = tiny_moco(m=0.9)
+    opt = torch.optim.SGD(moco.encoder_q.parameters(), lr=0.5)
+    logits, labels = moco(images(4, 4), images(4, 5))
+    F.cross_entropy(logits, labels).backward()
+    opt.step()
+    key_before = [p.detach().clone() for p in moco.encoder_k.parameters()]
+    query = [p.detach().clone() for p in moco.encoder_q.parameters()]
+    assert any(not torch.equal(k, q) for k, q in zip(key_before, query))
+    moco(images(4, 6), images(4, 7))
+    for after, k, q in zip(moco.encoder_k.parameters(), key_before, query):
+        assert torch.equal(after, k * 0.9 + q * (1 - 0.9))
+        assert not after.requires_grad
+    assert all(p.grad is None for p in moco.encoder_k.parameters())
+
+
+def test_queue_pointer_wraps_and_queue_holds_newest_keys():
+    moco = tiny_moco(K=8, dim=2)
+    steps = [torch.full((4, 2), float(i)) for i in (1, 2, 3)]
+    moco.enqueue(steps[0])
+    assert int(moco.queue_ptr) == 4
+    moco.enqueue(steps[1])
+    assert int(moco.queue_ptr) == 0
+    moco.enqueue(steps[2])
+    assert int(moco.queue_ptr) == 4
+    assert torch.equal(moco.queue[:, :4], steps[2].T) and torch.equal(moco.queue[:, 4:], steps[1].T)
+    with pytest.raises(ValueError, match="not divisible"):
+        moco.enqueue(torch.zeros(3, 2))
+
+
+def test_forward_enqueues_its_keys():
+    moco = tiny_moco(K=8).eval()
+    x_k = images(4, 8)
+    moco(images(4, 9), x_k)
+    with torch.no_grad():
+        expected = F.normalize(moco.encoder_k(x_k), dim=1)
+    assert torch.allclose(moco.queue[:, :4].T, expected, atol=1e-6)
+
+
+def test_split_batchnorm_normalises_each_sub_batch_on_its_own():
+    torch.manual_seed(0)
+    split, plain = SplitBatchNorm(3, groups=2), nn.BatchNorm2d(3)
+    x = torch.randn(8, 3, 5, 5) * torch.arange(1, 9.0).view(8, 1, 1, 1)
+    out = split(x)
+    for g in range(2):
+        ref = nn.BatchNorm2d(3)
+        assert torch.allclose(out[g::2], ref(x[g::2]), atol=1e-5)
+    means = torch.stack([x[g::2].mean(dim=(0, 2, 3)) for g in range(2)]).mean(0)
+    assert torch.allclose(split.running_mean, 0.1 * means, atol=1e-6)
+    assert set(split.state_dict()) == set(plain.state_dict())
