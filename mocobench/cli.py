@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run-all": ("results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
     "collate": ("results.collate", "run folders -> paper-format tables (md/csv/html/png) with deltas vs supervised"),
     "audit": ("results.audit", "is a candidate's delta over a baseline better, worse or within noise?"),
+    "demo": ("mocobench.demo", "the whole flow end to end at demo scale on the CPU: data -> pretrain -> convert -> detect -> tables"),
 }
 
 

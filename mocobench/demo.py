@@ -1,0 +1,141 @@
+"""Run the whole suite end to end at demo scale, on the CPU, in minutes:
+
+  synthetic data -> MoCo v2 pretraining -> supervised init -> convert both to detectron2
+  weights -> demo VOC table (Faster R-CNN R50-C4) and demo COCO table (Mask R-CNN R50-FPN)
+  with random / supervised / MoCo inits -> collated tables with deltas vs supervised.
+
+Each stage is the suite's own command run as a subprocess, so the demo exercises exactly
+what a researcher runs by hand. Every stage is resumable: run the demo again after a kill
+and it skips what finished and continues what did not (pretraining and detection jobs
+resume from their last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from fvcore.common.config import CfgNode
+
+from mocobench import UserError
+from mocobench.atomic import write_text
+from mocobench.config import load_config, load_defaults
+from mocobench.progress import format_seconds
+
+DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class Stage:
+    name: str
+    title: str
+    commands: Callable[[], list[list[str]]]
+    done: Callable[[], bool] = lambda: False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", default="demo-output", metavar="D",
+                        help="where data, checkpoints, runs and the report go (default: demo-output); "
+                             "run again with the same folder to resume")
+    parser.add_argument("--engine", default="torchvision", choices=("torchvision", "detectron2"),
+                        help="detection engine (default: torchvision, the embedded one)")
+    parser.add_argument("--config", metavar="FILE", help=f"demo settings overriding {DEFAULTS_FILE.name}")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SEED 1")
+
+
+def _config_path(name: str) -> str:
+    path = Path(name)
+    return str(path if path.is_absolute() else CONFIGS / path)
+
+
+def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
+    data, pre, sup, weights = out / "data", out / "pretrain", out / "supervised", out / "weights"
+    runs, report = out / "runs", out / "report"
+    moco_final = pre / f"checkpoint_{_pretrain_epochs(cfg):04d}.pth.tar"
+    inits = out / "inits.yaml"
+    tables = list(cfg.TABLES)
+
+    def convert() -> list[list[str]]:
+        write_text(inits, yaml.safe_dump({
+            "random": {"weights": ""},
+            "supervised": {"weights": str(weights / "supervised.pkl")},
+            "moco": {"weights": str(weights / "moco.pkl")},
+        }, sort_keys=False))
+        return [["convert", str(moco_final), str(weights / "moco.pkl")],
+                ["convert", str(sup / "model_final.pth"), str(weights / "supervised.pkl")]]
+
+    return [
+        Stage("data", "synthetic VOC / COCO / unlabeled / classify data",
+              lambda: [["data", "synth", "--out", str(data), "--seed", str(cfg.SEED), "--scale", cfg.DATA_SCALE]]),
+        Stage("pretrain", "MoCo v2 pretraining on data/unlabeled",
+              lambda: [["pretrain", "--config", _config_path(cfg.PRETRAIN_CONFIG), "--data", str(data / "unlabeled"),
+                        "--output-dir", str(pre), "--resume", "TRAIN.SEED", str(cfg.SEED)]],
+              moco_final.is_file),
+        Stage("supervised", "supervised init on data/classify",
+              lambda: [["supervised", "--config", _config_path(cfg.SUPERVISED_CONFIG), "--data", str(data / "classify"),
+                        "--output-dir", str(sup), "--resume", "TRAIN.SEED", str(cfg.SEED)]],
+              (sup / "model_final.pth").is_file),
+        Stage("convert", "MoCo and supervised backbones -> detectron2 weights", convert,
+              lambda: (weights / "moco.pkl").is_file() and (weights / "supervised.pkl").is_file() and inits.is_file()),
+        Stage("detect", f"detection tables {', '.join(tables)} (random / supervised / MoCo inits)",
+              lambda: [["run-all", "--tables", *tables, "--inits", str(inits), "--engine", engine,
+                        "--output", str(runs), "--data-root", str(data)]]),
+        Stage("collate", "tables with deltas vs supervised",
+              lambda: [["collate", str(runs), "--out", str(report), "--tables", *tables, "--inits", str(inits)]]),
+    ]
+
+
+def _pretrain_epochs(cfg: CfgNode) -> int:
+    from pretrain.config import load_pretrain_config
+
+    return int(load_pretrain_config(_config_path(cfg.PRETRAIN_CONFIG)).SOLVER.EPOCHS)
+
+
+def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, str]) -> None:
+    t0 = time.perf_counter()
+    ratio = 1.0  # measured / expected time of the stages that ran here
+    spent_expected = spent_measured = 0.0
+    for i, stage in enumerate(stages, 1):
+        remaining = sum(expected[s.name] for s in stages[i - 1:]) * ratio
+        head = f"[demo {i}/{len(stages)}] {stage.name}: {stage.title}"
+        if stage.done():
+            print(f"{head} -- already done, skipped", flush=True)
+            continue
+        print(f"{head} (elapsed {format_seconds(time.perf_counter() - t0)}, "
+              f"ETA {format_seconds(remaining)})", flush=True)
+        ts = time.perf_counter()
+        for command in stage.commands():
+            full = [sys.executable, "-m", "mocobench", *command]
+            if subprocess.run(full, env=env).returncode != 0:
+                raise UserError(f"stage '{stage.name}' failed: {' '.join(full)} (run the demo again to resume)")
+        took = time.perf_counter() - ts
+        spent_expected += expected[stage.name]
+        spent_measured += took
+        ratio = spent_measured / spent_expected
+        print(f"[demo {i}/{len(stages)}] {stage.name} finished in {format_seconds(took)}", flush=True)
+    print(f"[demo] all stages done in {format_seconds(time.perf_counter() - t0)}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(load_defaults(DEFAULTS_FILE), args.config, args.opts)
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = str(cfg.NUM_THREADS)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(CONFIGS.parent), os.environ.get("PYTHONPATH", "")]))}
+    stages = build_stages(cfg, out, args.engine)
+    run_stages(stages, dict(cfg.EXPECTED_SECONDS), env)
+    report = out / "report"
+    print()
+    print((report / "report.md").read_text())
+    print(f"HTML report: {report / 'report.html'}")
+    print(f"plots:       {', '.join(str(p) for p in sorted(report.glob('*.png')))}")
+    return 0
