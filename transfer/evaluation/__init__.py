@@ -1,0 +1,28 @@
+"""Evaluation of detections (COCO results format) on a catalog dataset.
+
+``evaluate`` dispatches on the dataset's ``evaluator_type`` so the engines, the CLI and the
+job runner get the same numbers for the same detections, whichever dataset it is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from mocobench import UserError
+from transfer.datasets.catalog import get_dataset, get_metadata
+from transfer.datasets.coco import read_coco_api
+from transfer.evaluation.coco import evaluate_coco
+from transfer.evaluation.voc import evaluate_voc
+
+
+def evaluate(dataset_name: str, data_root: str | os.PathLike | None,
+             detections: Sequence[Mapping[str, Any]], source: str = "detections") -> dict[str, Any]:
+    """detectron2's result dict, in percent; ``source`` names the detections in errors."""
+    if not isinstance(detections, Sequence) or isinstance(detections, (str, bytes)):
+        raise UserError(f"{source}: expected a list of detections (COCO results format)")
+    metadata = get_metadata(dataset_name, data_root)
+    if metadata["evaluator_type"] == "pascal_voc":
+        records, metadata = get_dataset(dataset_name, data_root)
+        return evaluate_voc(records, metadata, detections, source)
+    return evaluate_coco(read_coco_api(metadata["json_file"]), detections, source)
