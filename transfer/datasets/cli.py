@@ -1,0 +1,49 @@
+"""Write datasets for the benchmark. ACTION 'synth' writes synthetic data, deterministically
+from a seed, in the layouts of the real datasets, so every stage runs on it unchanged:
+
+  DIR/unlabeled/                          flat folder of images (MoCo pretraining)
+  DIR/classify/{train,val}/<class>/*.jpg  one object class per image (supervised init, linear probe, kNN)
+  DIR/VOC2007/, DIR/VOC2012/              PASCAL VOC: JPEGImages, Annotations (XML), ImageSets/Main,
+                                          and classes.txt (the dataset's class names, one a line)
+  DIR/coco/                               COCO: train2017/, val2017/, annotations/instances_*.json
+  DIR/SYNTH.json                          seed, scale, counts; marks the folder complete
+
+Point DIR at the data root (``--data-root`` / $DETECTRON2_DATASETS) of the other commands.
+Scales are defined in transfer/datasets/synth_scales.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transfer.datasets.synth import write_synthetic
+from transfer.datasets.synth_scales import load_synth_spec
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    synth = actions.add_parser(
+        "synth", help="write synthetic unlabeled/classify/VOC2007/VOC2012/COCO data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write synthetic data under --out (see 'mocobench data --help' for the layout). "
+                    "The same --seed and --scale give byte-identical files. Re-running into a complete "
+                    "folder with the same seed and scale does nothing; a folder left incomplete by a "
+                    "killed run is rewritten; any other non-empty folder is refused.")
+    synth.add_argument("--out", required=True, metavar="DIR",
+                       help="folder to write into: new, empty, or an earlier synth output")
+    synth.add_argument("--seed", type=int, default=0, metavar="S",
+                       help="non-negative integer every image is drawn from (default: 0)")
+    scales = sorted(load_synth_spec().scales)
+    synth.add_argument("--scale", default="demo", choices=scales,
+                       help="size of the data: 'tiny' for tests (about a second), 'demo' for the CPU "
+                            "end-to-end demo (seconds to write); default: demo")
+    synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = write_synthetic(args.out, args.seed, args.scale, progress=not args.quiet)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    print(f"synthetic data (seed {args.seed}, scale {args.scale}) in {args.out}: {counts}", file=sys.stderr)
+    return 0
