@@ -52,6 +52,7 @@ def build_trunk(cfg: CfgNode, hook: Optional[TrunkHook] = None) -> ConfigurableR
                              stride_in_1x1=r.STRIDE_IN_1X1, res5_dilation=r.RES5_DILATION)
     except ValueError as e:
         raise UserError(f"MODEL.RESNETS: {e}") from None
+    del trunk.fc, trunk.avgpool  # the classifier is not part of a detector
     if hook is not None:
         hook(trunk)
     freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
@@ -63,7 +64,6 @@ def build_trunk(cfg: CfgNode, hook: Optional[TrunkHook] = None) -> ConfigurableR
             for p in module.parameters():
                 p.requires_grad_(False)
             setattr(trunk, name, freeze_norms(module))
-    del trunk.fc, trunk.avgpool  # the classifier is not part of a detector
     return trunk
 
 
