@@ -1,0 +1,59 @@
+"""Reading a checkpoint file someone handed us, without running code from it.
+
+Weights come from the internet (the MoCo authors' releases, model zoos), so a pickle must
+not be able to call arbitrary functions: torch files load with ``weights_only=True`` and
+plain pickles (detectron2 / MSRA ``.pkl``) through an unpickler that only builds numpy
+arrays and dicts. Every failure becomes a one-line ``UserError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mocobench import UserError
+
+# What a numpy-array pickle needs, under numpy 1.x and 2.x module names.
+_PICKLE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    *((mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")),  # pickle protocol 5
+    *((mod, name) for mod in ("numpy.dtypes",) for name in (
+        "Float16DType", "Float32DType", "Float64DType", "Int64DType", "Int32DType", "UInt8DType",
+        "Int8DType", "BoolDType")),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays and dicts)")
+        return super().find_class(module, name)
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The object stored in ``path``: a torch file (zip or legacy) or a plain pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        if zipfile.is_zipfile(path) or path.suffix != ".pkl":
+            # argparse.Namespace: training scripts often save their args beside the weights.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # torch and pickle raise many types for bad bytes; all mean the same
+        reason = str(e)
+        if "WeightsUnpickler error:" in reason:  # keep torch's diagnosis, not its advice
+            reason = "weights-only unpickler: " + reason.split("WeightsUnpickler error:")[1].split("Check the doc")[0]
+        reason = " ".join(reason.split())[:200] or type(e).__name__
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None

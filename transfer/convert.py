@@ -1,0 +1,316 @@
+"""Backbone checkpoints <-> detectron2-layout weights, checked against a real ResNet.
+
+Every init (MoCo pretraining output or the authors' release, torchvision supervised weights,
+MSRA / detectron2 ``.pkl``) becomes one detectron2-named file, so both detection engines
+read the same thing. Alongside the weights, ``__mocobench__`` records what they expect
+(channel order, pixel mean/std, STRIDE_IN_1X1, depth and width) so a job can check its
+config against its init. The name mapping is ``mocobench.resnet``'s; the check builds that
+module's ResNet at the inferred shape and demands every key and shape, so a checkpoint
+that converts is one the detection trunk can load.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mocobench import UserError
+from mocobench.resnet import BLOCKS_PER_STAGE, ResNetShape, build_resnet, d2_to_tv, tv_to_d2
+from transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
+from transfer.checkpoint_file import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("moco", "torchvision", "detectron2")
+AUTHOR = "mocobench"
+META_KEY = "__mocobench__"
+MOCO_PREFIX = "module.encoder_q."
+# The two input conventions ResNet weights come in (detectron2's PIXEL_MEAN/STD, FORMAT).
+RGB_IMAGENET = {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
+                "pixel_std": [58.395, 57.12, 57.375], "stride_in_1x1": False}
+BGR_CAFFE = {"input_format": "BGR", "pixel_mean": [103.530, 116.280, 123.675],
+             "pixel_std": [1.0, 1.0, 1.0], "stride_in_1x1": True}
+# __author__ values of detectron2 files converted from torchvision-trained weights
+# (the MoCo authors' converter, detectron2's convert-torchvision-to-d2.py).
+RGB_AUTHORS = {"MOCO", "torchvision", AUTHOR}
+SHAPE_KEYS = tuple(ResNetShape().as_dict())
+_D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.")
+
+
+@dataclass
+class Converted:
+    """detectron2-named backbone weights plus what they expect, and how we got them."""
+
+    model: dict[str, np.ndarray]
+    meta: dict
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def file_contents(self) -> dict:
+        return {"model": self.model, "__author__": AUTHOR, "matching_heuristics": True, META_KEY: self.meta}
+
+
+def convert_checkpoint(path: str | Path, fmt: str = "auto") -> Converted:
+    """Read any supported backbone checkpoint and return validated detectron2 weights."""
+    path = Path(path)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UserError(f"{path}: unknown format {fmt!r} (choose auto or one of {', '.join(FORMATS)})")
+    obj = read_checkpoint(path)
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
+    detected = detect_format(path, obj)
+    if fmt == "auto":
+        fmt, how = detected, "auto-detected"
+    elif fmt != detected:
+        raise UserError(f"{path}: --format {fmt} given, but the file looks like {detected} weights")
+    else:
+        how = "as given"
+    notes = [f"format: {fmt} ({how})"]
+    if fmt == "detectron2":
+        model, dropped, conventions = _from_detectron2(path, obj, notes)
+    else:
+        trunk, ignored = _moco_query(obj) if fmt == "moco" else (_torchvision_state(obj), [])
+        model, dropped = _rename(trunk, tv_to_d2)
+        dropped += ignored
+        conventions = {"source_format": fmt, **RGB_IMAGENET}
+    model = {k: _as_array(path, k, v) for k, v in model.items()}
+    shape = infer_shape(path, model)
+    check_against_resnet(path, model, shape)
+    conflicts = [f"{k} {conventions[k]} (weights: {getattr(shape, k)})" for k in SHAPE_KEYS
+                 if k in conventions and conventions[k] != getattr(shape, k)]
+    if conflicts:
+        raise UserError(f"{path}: {META_KEY} metadata contradicts the weights: {', '.join(conflicts)}")
+    meta = {**conventions, **shape.as_dict()}
+    notes.append(f"shape: R{shape.depth}, stem {shape.stem_out_channels}, res2 {shape.res2_out_channels}, "
+                 f"{shape.num_groups}x{shape.width_per_group} per group")
+    notes.append(f"expects: {meta['input_format']}, mean {meta['pixel_mean']}, std {meta['pixel_std']}, "
+                 f"STRIDE_IN_1X1 {meta['stride_in_1x1']}")
+    return Converted(model, meta, dropped, notes)
+
+
+def load_detectron2_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(detectron2-named backbone arrays, ``__mocobench__`` metadata) of any supported file.
+
+    A converted .pkl passes straight through; a MoCo or torchvision checkpoint is
+    converted on the fly, so MODEL.WEIGHTS may name either.
+    """
+    converted = convert_checkpoint(path)
+    for line in converted.notes:
+        log.info("%s: %s", path, line)
+    return converted.model, converted.meta
+
+
+def detect_format(path: Path, obj: Mapping) -> str:
+    """Which of FORMATS ``obj`` is, from its layout and parameter names."""
+    state = obj.get("state_dict")
+    if isinstance(state, Mapping) and any(str(k).startswith(MOCO_PREFIX) for k in state):
+        return "moco"
+    if "blobs" in obj:
+        return "detectron2"
+    names = [_strip_module(str(k)) for k in _weights_dict(obj)]
+    if any(n.startswith("stem.") or _D2_BLOCK.match(n) for n in names) or looks_like_caffe2(names):
+        return "detectron2"
+    if "conv1.weight" in names or any(n.startswith("layer1.") for n in names):
+        return "torchvision"
+    shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+    raise UserError(f"{path}: not a ResNet checkpoint: no MoCo (state_dict/{MOCO_PREFIX}*), torchvision "
+                    f"(conv1.weight, layer1.*) or detectron2 (stem.*, res2.*) keys; found: {shown or 'none'}")
+
+
+def _weights_dict(obj: Mapping) -> Mapping:
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj.get(wrapper), Mapping):
+            return obj[wrapper]
+    return obj
+
+
+def _strip_module(name: str) -> str:
+    """DistributedDataParallel saves parameters under 'module.'."""
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+def _moco_query(obj: Mapping) -> tuple[dict, list[str]]:
+    """The query encoder's trunk, and the keys ignored (key encoder, queue)."""
+    state = obj["state_dict"]
+    query = {k[len(MOCO_PREFIX):]: v for k, v in state.items() if k.startswith(MOCO_PREFIX)}
+    ignored = [k for k in state if not k.startswith(MOCO_PREFIX)]
+    return query, ignored
+
+
+def _torchvision_state(obj: Mapping) -> dict:
+    return {_strip_module(str(k)): v for k, v in _weights_dict(obj).items()}
+
+
+def _rename(weights: Mapping, rename: Callable[[str], Optional[str]]) -> tuple[dict, list[str]]:
+    """(renamed weights, names ``rename`` maps to None: classifier, projection head, momenta)."""
+    model, dropped = {}, []
+    for name, value in weights.items():
+        new = rename(str(name))
+        if new is None:
+            dropped.append(str(name))
+        else:
+            model[new] = value
+    return model, dropped
+
+
+def _from_detectron2(path: Path, obj: Mapping, notes: list[str]) -> tuple[dict, list[str], dict]:
+    weights = obj["blobs"] if "blobs" in obj else _weights_dict(obj)
+    names = [str(k) for k in weights]
+    if looks_like_caffe2(names):
+        model, dropped = _rename(weights, caffe2_to_d2)
+        _fill_frozen_bn_statistics(model)
+        notes.append("Caffe2 blob names renamed; frozen-BN running mean 0 / var 1 filled in")
+    else:
+        model, dropped = _rename(weights, _unless_head)
+    if isinstance(obj.get(META_KEY), Mapping):
+        conventions = _checked_meta(path, obj[META_KEY])
+        notes.append("conventions: from the file's own metadata")
+    else:
+        author = str(obj.get("__author__", "unknown"))
+        conventions = dict(RGB_IMAGENET if author in RGB_AUTHORS else BGR_CAFFE)
+        which = "torchvision (RGB)" if author in RGB_AUTHORS else "MSRA/Caffe2 (BGR, caffe mean)"
+        notes.append(f"conventions: no {META_KEY} metadata; __author__ is {author!r}, so assuming {which}")
+        conventions = {"source_format": "detectron2", **conventions}
+    return model, dropped, conventions
+
+
+def _unless_head(name: str) -> Optional[str]:
+    """The MoCo authors' converter keeps the projection head, as stem.fc.*."""
+    return None if (d2_to_tv(name) or "").startswith("fc.") else name
+
+
+def _fill_frozen_bn_statistics(model: dict) -> None:
+    """Caffe2 frozen BN is a bare affine: mean 0, var 1, as detectron2's FrozenBatchNorm2d assumes."""
+    for name in [n for n in model if n.endswith(".norm.weight")]:
+        stem = name[: -len("weight")]
+        n = np.asarray(model[name]).shape[0]
+        model.setdefault(stem + "running_mean", np.zeros(n, np.float32))
+        model.setdefault(stem + "running_var", np.ones(n, np.float32))
+
+
+def _checked_meta(path: Path, meta: Mapping) -> dict:
+    wanted = ("source_format", "input_format", "pixel_mean", "pixel_std", "stride_in_1x1")
+    lacking = [k for k in wanted if k not in meta]
+    if lacking:
+        raise UserError(f"{path}: {META_KEY} metadata lacks {', '.join(lacking)}")
+    if meta["input_format"] not in ("RGB", "BGR") or meta["source_format"] not in FORMATS:
+        raise UserError(f"{path}: {META_KEY} metadata has input_format {meta['input_format']!r}, "
+                        f"source_format {meta['source_format']!r}")
+    return {k: meta[k] for k in wanted} | {k: meta[k] for k in SHAPE_KEYS if k in meta}
+
+
+def _as_array(path: Path, name: str, value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise UserError(f"{path}: {name} is a {type(value).__name__}, not an array")
+
+
+def infer_shape(path: Path, model: Mapping[str, np.ndarray]) -> ResNetShape:
+    """Depth and width from the arrays; blocks that are absent show up later as missing keys."""
+    if "stem.conv1.weight" not in model or "res2.0.conv1.weight" not in model:
+        raise UserError(f"{path}: not a ResNet: no stem.conv1.weight / res2.0.conv1.weight "
+                        f"(layer1.0.conv1.weight in torchvision names)")
+    bottleneck = "res2.0.conv3.weight" in model
+    counts = [0, 0, 0, 0]
+    for name in model:
+        m = _D2_BLOCK.match(name)
+        if m:
+            stage = int(m.group(1)) - 2
+            counts[stage] = max(counts[stage], int(m.group(2)) + 1)
+    depths = [d for d, c in BLOCKS_PER_STAGE.items() if (d not in (18, 34)) == bottleneck
+              and all(have <= want for have, want in zip(counts, c))]
+    if not depths:
+        raise UserError(f"{path}: blocks per stage {tuple(counts)} fit no ResNet depth "
+                        f"({', '.join(f'R{d} {c}' for d, c in BLOCKS_PER_STAGE.items())})")
+    stem = model["stem.conv1.weight"].shape[0]
+    conv1 = model["res2.0.conv1.weight"].shape
+    if bottleneck:
+        width, groups = conv1[0], conv1[0] // model["res2.0.conv2.weight"].shape[1]
+        shape = ResNetShape(min(depths), stem, model["res2.0.conv3.weight"].shape[0], width // groups, groups)
+    else:
+        shape = ResNetShape(min(depths), stem, conv1[0], conv1[0], 1)
+    try:
+        shape.validate()
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    return shape
+
+
+def expected_shapes(shape: ResNetShape) -> dict[str, tuple]:
+    """detectron2 name -> array shape of the backbone of a ResNet of this shape."""
+    with torch.device("meta"):
+        net = build_resnet(shape)
+    return {d2: tuple(v.shape) for k, v in net.state_dict().items() if (d2 := tv_to_d2(k))}
+
+
+def check_against_resnet(path: Path, model: Mapping[str, np.ndarray], shape: ResNetShape) -> None:
+    """Every key and shape of the ResNet, nothing else (num_batches_tracked optional)."""
+    expected = expected_shapes(shape)
+    problems = []
+    unexpected = sorted(set(model) - set(expected))
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys that are not in R{shape.depth}: {_listing(unexpected)}")
+    missing = sorted(k for k in set(expected) - set(model) if not k.endswith("num_batches_tracked"))
+    if missing:
+        problems.append(f"{len(missing)} R{shape.depth} keys missing: {_listing(missing)}")
+    wrong = [f"{k} {tuple(model[k].shape)} != {expected[k]}" for k in sorted(set(model) & set(expected))
+             if tuple(model[k].shape) != expected[k]]
+    if wrong:
+        problems.append(f"{len(wrong)} shapes do not fit: {_listing(wrong)}")
+    if problems:
+        raise UserError(f"{path}: " + "; ".join(problems))
+
+
+def group_keys(keys: list[str]) -> list[str]:
+    """detectron2's grouping: 'res2.0.conv1.norm.{bias, weight}' instead of two lines."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        head, _, leaf = key.rpartition(".")
+        groups.setdefault(head, []).append(leaf)
+    return [f"{head}.{leaves[0]}" if len(leaves) == 1 else f"{head}.{{{', '.join(leaves)}}}"
+            for head, leaves in groups.items()]
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    grouped = group_keys(keys) if " " not in keys[0] else keys
+    return ", ".join(grouped[:limit]) + (f" ... (+{len(grouped) - limit} more)" if len(grouped) > limit else "")
+
+
+def load_into_trunk(trunk: nn.Module, d2_model: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """Load detectron2-named weights into a torchvision-named trunk (ConfigurableResNet or
+    any module with its submodule names, e.g. a C4 trunk without layer4 and fc).
+
+    Returns (missing: trunk keys the weights lack, unexpected: weight keys the trunk lacks),
+    logged grouped as detectron2 does. num_batches_tracked is never reported missing: it is
+    a counter, not a weight (MSRA files have none). A shape mismatch is a UserError.
+    """
+    own = trunk.state_dict()
+    loadable, unexpected, wrong = {}, [], []
+    for name, value in d2_model.items():
+        tv = d2_to_tv(name)
+        if tv is None or tv not in own:
+            unexpected.append(name)
+        elif tuple(own[tv].shape) != tuple(np.shape(value)):
+            wrong.append(f"{name} {tuple(np.shape(value))} != {tuple(own[tv].shape)}")
+        else:
+            loadable[tv] = torch.tensor(value, dtype=own[tv].dtype)
+    if wrong:
+        raise UserError(f"weights do not fit the trunk: {_listing(wrong)}")
+    trunk.load_state_dict(loadable, strict=False)
+    missing = sorted(k for k in own if k not in loadable and not k.endswith("num_batches_tracked"))
+    if missing:
+        log.warning("Some model parameters or buffers are not found in the checkpoint:\n%s",
+                    "\n".join(group_keys(missing)))
+    if unexpected:
+        log.warning("The checkpoint contains keys that are not used by the model:\n%s",
+                    "\n".join(group_keys(unexpected)))
+    return missing, sorted(unexpected)
