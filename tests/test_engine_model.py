@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine_fixtures import DEMO, TINY
+from test_config import MOCO_BASE  # the authors' Base-RCNN-C4-BN.yaml
 from mocobench import UserError
 from transfer.config import detection_defaults, load_detection_config
 from transfer.engines.torchvision.build import build_model
@@ -88,25 +89,6 @@ def test_unhonoured_key_is_refused():
         check_supported(cfg, detection_defaults(), "x.yaml")
 
 
-MOCO_BASE = """MODEL:
-  META_ARCHITECTURE: "GeneralizedRCNN"
-  RPN:
-    PRE_NMS_TOPK_TEST: 6000
-    POST_NMS_TOPK_TEST: 1000
-  ROI_HEADS:
-    NAME: "Res5ROIHeadsExtraNorm"
-  BACKBONE:
-    FREEZE_AT: 0
-  RESNETS:
-    # SyncBN seems to cause larger variance for unknown reasons
-    NORM: "naiveSyncBN"
-TEST:
-  PRECISE_BN:
-    ENABLED: True
-SOLVER:
-  IMS_PER_BATCH: 16
-  BASE_LR: 0.02
-"""
 MOCO_VOC = """_BASE_: "pascal_voc_R_50_C4_24k.yaml"
 MODEL:
   PIXEL_MEAN: [123.675, 116.280, 103.530]
