@@ -58,6 +58,7 @@ def test_sync_bn_matches_bn_over_all_ranks():
     assert torch.allclose(results[(True, 0)][0], ref.running_mean, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_process_job_under_torchrun(tmp_path):
     data = tmp_path / "tiny"
     write_synthetic(data, seed=0, scale="tiny")

@@ -29,7 +29,9 @@ def transfer(cli, config, out, data, *extra, opts=()):
                "--seed", "1", *extra, *TINY, *opts)
 
 
-@pytest.mark.parametrize("arch", ["demo_voc_C4", "demo_coco_FPN_mask", "demo_voc_DC5", "demo_coco_C4_mask"])
+@pytest.mark.parametrize("arch", ["demo_voc_C4", "demo_coco_FPN_mask",
+                                  pytest.param("demo_voc_DC5", marks=pytest.mark.slow),
+                                  pytest.param("demo_coco_C4_mask", marks=pytest.mark.slow)])
 def test_job_writes_run_dir(cli, tmp_path, data, arch):
     r = transfer(cli, arch, tmp_path / "run", data)
     assert r.returncode == 0, r.stderr
