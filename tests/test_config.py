@@ -1,6 +1,7 @@
 import pytest
 
 from mocobench.config import ConfigError, differing_keys
+from moco_configs import write_moco_voc_configs
 from transfer.config import detection_defaults, load_detection_config
 
 
@@ -50,53 +51,9 @@ def test_missing_file_and_invalid_yaml(tmp_path):
         load_detection_config(bad)
 
 
-MOCO_BASE = """\
-MODEL:
-  META_ARCHITECTURE: "GeneralizedRCNN"
-  RPN:
-    PRE_NMS_TOPK_TEST: 6000
-    POST_NMS_TOPK_TEST: 1000
-  ROI_HEADS:
-    NAME: "Res5ROIHeadsExtraNorm"
-  BACKBONE:
-    FREEZE_AT: 0
-  RESNETS:
-    NORM: "naiveSyncBN"
-TEST:
-  PRECISE_BN:
-    ENABLED: True
-SOLVER:
-  IMS_PER_BATCH: 16
-  BASE_LR: 0.02
-"""
-
-
-def test_detectron2_style_config_loads(tmp_path):
-    """A config in the shape of the MoCo authors' detection configs loads unchanged."""
-    write(tmp_path / "Base-RCNN-C4-BN.yaml", MOCO_BASE)
-    write(tmp_path / "voc.yaml", """\
-_BASE_: "Base-RCNN-C4-BN.yaml"
-MODEL:
-  MASK_ON: False
-  PIXEL_MEAN: [123.675, 116.280, 103.530]
-  PIXEL_STD: [58.395, 57.120, 57.375]
-  ROI_HEADS:
-    NUM_CLASSES: 20
-  RESNETS:
-    STRIDE_IN_1X1: False
-INPUT:
-  MIN_SIZE_TRAIN: (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-  MIN_SIZE_TEST: 800
-  FORMAT: "RGB"
-DATASETS:
-  TRAIN: ('voc_2007_trainval', 'voc_2012_trainval')
-  TEST: ('voc_2007_test',)
-SOLVER:
-  STEPS: (18000, 22000)
-  MAX_ITER: 24000
-  WARMUP_ITERS: 100
-""")
-    cfg = load_detection_config(tmp_path / "voc.yaml")
-    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
+def test_moco_authors_voc_config_loads_unchanged(tmp_path):
+    cfg = load_detection_config(write_moco_voc_configs(tmp_path))
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm" and cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
     assert tuple(cfg.DATASETS.TRAIN) == ("voc_2007_trainval", "voc_2012_trainval")
     assert tuple(cfg.SOLVER.STEPS) == (18000, 22000) and cfg.INPUT.FORMAT == "RGB"
+    assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False and cfg.SOLVER.BASE_LR == 0.02

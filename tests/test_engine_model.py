@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine_fixtures import DEMO, TINY
-from test_config import MOCO_BASE  # the authors' Base-RCNN-C4-BN.yaml
+from moco_configs import write_moco_voc_configs
 from mocobench import UserError
 from transfer.config import detection_defaults, load_detection_config
 from transfer.engines.torchvision.build import build_model
@@ -89,40 +89,8 @@ def test_unhonoured_key_is_refused():
         check_supported(cfg, detection_defaults(), "x.yaml")
 
 
-MOCO_VOC = """_BASE_: "pascal_voc_R_50_C4_24k.yaml"
-MODEL:
-  PIXEL_MEAN: [123.675, 116.280, 103.530]
-  PIXEL_STD: [58.395, 57.120, 57.375]
-  WEIGHTS: "See Instructions"
-  RESNETS:
-    STRIDE_IN_1X1: False
-INPUT:
-  FORMAT: "RGB"
-"""
-MOCO_VOC_BASE = """_BASE_: "Base-RCNN-C4-BN.yaml"
-MODEL:
-  MASK_ON: False
-  WEIGHTS: "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
-  ROI_HEADS:
-    NUM_CLASSES: 20
-INPUT:
-  MIN_SIZE_TRAIN: (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-  MIN_SIZE_TEST: 800
-DATASETS:
-  TRAIN: ('voc_2007_trainval', 'voc_2012_trainval')
-  TEST: ('voc_2007_test',)
-SOLVER:
-  STEPS: (18000, 22000)
-  MAX_ITER: 24000
-  WARMUP_ITERS: 100
-"""
-
-
 def test_moco_authors_voc_config_loads_and_builds(tmp_path):
-    (tmp_path / "Base-RCNN-C4-BN.yaml").write_text(MOCO_BASE)
-    (tmp_path / "pascal_voc_R_50_C4_24k.yaml").write_text(MOCO_VOC_BASE)
-    (tmp_path / "pascal_voc_R_50_C4_24k_moco.yaml").write_text(MOCO_VOC)
-    cfg = load_detection_config(tmp_path / "pascal_voc_R_50_C4_24k_moco.yaml")
+    cfg = load_detection_config(write_moco_voc_configs(tmp_path))
     check_supported(cfg, detection_defaults(), "moco")
     model = build_model(cfg)
     assert model.roi_heads.box_predictor.cls_score.out_features == 21
