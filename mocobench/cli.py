@@ -17,6 +17,7 @@ from mocobench import UserError, __version__
 # name -> (module providing add_arguments/run, one-line help). Order = order of the flow.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
+    "transfer": ("transfer.job", "run a Faster/Mask R-CNN job (config + init weights + seed) into a run dir"),
     "evaluate": ("transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
     "convert": ("transfer.convert_cli", "convert a backbone checkpoint to detectron2 weights (.pkl)"),
     "run-all": ("results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
