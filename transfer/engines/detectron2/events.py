@@ -16,12 +16,15 @@ PERIOD = 20  # detectron2's writer period, as in DefaultTrainer.build_hooks
 
 class JsonlEventWriter(EventWriter):
     """One line per logged iteration with the (median-smoothed, as detectron2 logs them)
-    scalars; appends, after dropping lines past ``resumed_at`` left by a killed run."""
+    scalars, appended; ``begin`` drops the lines a killed run left past its checkpoint."""
 
-    def __init__(self, path: Path, resumed_at: int, enabled: bool = True) -> None:
-        self.log = JsonlLog(path, enabled=enabled)
-        self.log.truncate_after("iter", resumed_at - 1)
-        self.last = resumed_at - 1
+    def __init__(self, path: Path) -> None:
+        self.log = JsonlLog(path)
+        self.last = -1
+
+    def begin(self, start_iter: int) -> None:
+        self.log.truncate_after("iter", start_iter - 1)
+        self.last = start_iter - 1
 
     def write(self) -> None:
         storage = get_event_storage()
