@@ -7,6 +7,8 @@ and detectron2's naive variant has no torch counterpart. In one process both are
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -34,8 +36,6 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if not self.training or not dist.is_available() or not dist.is_initialized() \
                 or dist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = x.shape[1]
         xf = x.float()
         count = xf.numel() / channels
@@ -48,8 +48,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         else:
             n = torch.tensor([count], device=x.device, dtype=torch.float32)
             stats = all_reduce(torch.cat([mean * count, meansq * count, n]))
-            total = float(stats[-1])
-            mean, meansq = stats[:-1].split(channels) / stats[-1]
+            total = float(stats[-1].detach())
+            mean, meansq = (stats[:-1] / stats[-1]).split(channels)
         var = (meansq - mean * mean).clamp(min=0)
         with torch.no_grad():
             self.num_batches_tracked += 1
@@ -60,6 +60,16 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         scale = self.weight * torch.rsqrt(var + self.eps)
         shift = self.bias - mean * scale
         return (xf * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over ranks (torch 2.14 flags the public API as deprecated in favour
+    of a private module; it still works, so the warning is silenced here)."""
+    from torch.distributed.nn.functional import all_reduce as reduce_sum
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return reduce_sum(t)
 
 
 def get_norm(name: str, channels: int) -> nn.Module | None:

@@ -161,7 +161,10 @@ class Job:
         batches = TrainBatches(records, mapper, cfg.SEED, s.IMS_PER_BATCH, self.rank, self.world,
                                s.MAX_ITER + cfg.TEST.PRECISE_BN.NUM_ITER)
         loader = torch.utils.data.DataLoader(batches, sampler=range(start, s.MAX_ITER), batch_size=None,
-                                             num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=lambda b: b)
+                                             num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=lambda b: b,
+                                             # its own generator: drawing the workers' base seed from
+                                             # the global RNG would shift proposal sampling on resume
+                                             generator=torch.Generator().manual_seed(cfg.SEED))
         progress = Progress("transfer", s.MAX_ITER, start=start, enabled=self.main)
         model.train()
         t_last = time.perf_counter()
@@ -194,6 +197,9 @@ class Job:
                 log.write(iter=it, eval=self.evaluate(model))
         if cfg.TEST.PRECISE_BN.ENABLED:
             self.precise_bn(model, batches)
+        if self.world > 1:  # evidence that the ranks' BN statistics agree (checkpoints hold rank 0's)
+            torch_save(self.out / f"bn_stats_rank{self.rank}.pth",
+                       {k: v.cpu() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))})
         self.save(FINAL, model, optimizer, scaler, s.MAX_ITER)
         return s.MAX_ITER
 
