@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         require_detectron2()
         from transfer.engines.detectron2.job import run_detectron2_job
 
-        metrics = run_detectron2_job(args, out_dir, data_root)
+        metrics = run_detectron2_job(args, cfg, out_dir, data_root)
     else:
         from transfer.engines.torchvision.supported import check_supported
         from transfer.engines.torchvision.train import run_job

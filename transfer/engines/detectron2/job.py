@@ -37,16 +37,12 @@ from transfer.engines.torchvision.train import LAST, is_run_checkpoint, resolve_
 from transfer.engines.torchvision.weights import check_conventions
 
 
-def job_config(args: argparse.Namespace, out_dir: Path) -> CfgNode:
-    overrides = list(args.opts)
-    if overrides[:1] == ["--"]:
-        overrides = overrides[1:]
-    cfg = load_d2_config(args.config, overrides)
-    if args.weights is not None:
-        cfg.MODEL.WEIGHTS = args.weights
-    if args.seed is not None:
-        cfg.SEED = args.seed
-    cfg.OUTPUT_DIR = str(out_dir)
+def job_config(args: argparse.Namespace, ours: CfgNode, out_dir: Path) -> CfgNode:
+    """detectron2's reading of the job's file and overrides; --weights and --seed as the
+    shared loader (transfer/job.py) applied them to ``ours``."""
+    opts = list(args.opts)
+    cfg = load_d2_config(args.config, opts[1:] if opts[:1] == ["--"] else opts)
+    cfg.MODEL.WEIGHTS, cfg.SEED, cfg.OUTPUT_DIR = ours.MODEL.WEIGHTS, ours.SEED, str(out_dir)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         print("transfer: MODEL.DEVICE is cuda but CUDA is not available; running on cpu", flush=True)
         cfg.MODEL.DEVICE = "cpu"
@@ -143,9 +139,11 @@ def run_metrics(cfg: CfgNode, config_path: str, results: dict, iteration: int, e
     return metrics
 
 
-def run_detectron2_job(args: argparse.Namespace, out_dir: Path, data_root: Optional[str]) -> Optional[dict]:
-    """Runs the job (all processes); rank 0 returns the metrics it wrote."""
-    cfg = job_config(args, out_dir)
+def run_detectron2_job(args: argparse.Namespace, ours: CfgNode, out_dir: Path,
+                       data_root: Optional[str]) -> Optional[dict]:
+    """Runs the job (all processes); rank 0 returns the metrics it wrote. ``ours`` is the
+    job's config as the shared loader read it (already validated, --weights/--seed applied)."""
+    cfg = job_config(args, ours, out_dir)
     job = (cfg, args.config, data_root, args.resume, args.eval_only)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         mdist.init_from_env(cfg.MODEL.DEVICE)
