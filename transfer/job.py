@@ -14,7 +14,6 @@ import argparse
 import os
 from pathlib import Path
 
-from mocobench import UserError
 from mocobench import dist as mdist
 from transfer.config import detection_defaults, load_detection_config
 
@@ -57,20 +56,21 @@ def run(args: argparse.Namespace) -> int:
     cfg.OUTPUT_DIR = str(out_dir)
     data_root = args.data_root or os.environ.get("DETECTRON2_DATASETS") or "datasets"
     if args.engine == "detectron2":
-        try:
-            import detectron2  # noqa: F401
-        except ImportError:
-            raise UserError("--engine detectron2: detectron2 is not importable; install it per its own docs "
-                            "or use --engine torchvision") from None
-        raise UserError("--engine detectron2: not implemented yet (a later issue adds it)")
-    from transfer.engines.torchvision.supported import check_supported
-    from transfer.engines.torchvision.train import run_job
+        from transfer.engines.detectron2 import require_detectron2
 
-    check_supported(cfg, detection_defaults(), args.config)
-    try:
-        metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
-    finally:
-        mdist.cleanup()
+        require_detectron2()
+        from transfer.engines.detectron2.job import run_detectron2_job
+
+        metrics = run_detectron2_job(args, cfg, out_dir, data_root)
+    else:
+        from transfer.engines.torchvision.supported import check_supported
+        from transfer.engines.torchvision.train import run_job
+
+        check_supported(cfg, detection_defaults(), args.config)
+        try:
+            metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
+        finally:
+            mdist.cleanup()
     if metrics is not None:
         boxes = metrics.get("bbox", {})
         line = f"transfer: {out_dir}/metrics.json: bbox AP {boxes.get('AP', float('nan')):.2f} AP50 {boxes.get('AP50', float('nan')):.2f}"
