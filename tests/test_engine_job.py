@@ -89,7 +89,6 @@ def test_eval_only_and_rerun_needs_resume(cli, tmp_path, data):
     ((), ("MODEL.NO_SUCH_KEY", "1"), "unknown config key 'MODEL.NO_SUCH_KEY'"),
     ((), ("MODEL.KEYPOINT_ON", "True"), "MODEL.KEYPOINT_ON"),
     ((), ("DATASETS.TEST", "('voc_2009_test',)"), "VOC2009"),
-    (("--engine", "detectron2"), (), "detectron2"),
 ])
 def test_bad_input_exits_2_without_metrics(cli, tmp_path, data, extra, opts, message):
     r = transfer(cli, "demo_voc_C4", tmp_path / "run", data, *extra, opts=opts)
