@@ -1,0 +1,129 @@
+"""The torchvision engine's model: every architecture trains and predicts, with detectron2's
+layout where weights must map name-for-name, and refuses what it cannot honour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_fixtures import DEMO, TINY
+from test_config import MOCO_BASE  # the authors' Base-RCNN-C4-BN.yaml
+from mocobench import UserError
+from transfer.config import detection_defaults, load_detection_config
+from transfer.engines.torchvision.build import build_model
+from transfer.engines.torchvision.norm import SyncBatchNorm2d
+from transfer.engines.torchvision.supported import check_supported
+
+ARCHS = ["demo_voc_C4", "demo_voc_DC5", "demo_coco_FPN_mask", "demo_coco_C4_mask"]
+
+
+def _batch(mask: bool):
+    images = [torch.rand(3, 64, 80) * 255, torch.rand(3, 72, 64) * 255]
+    targets = []
+    for h, w, boxes, labels in ((64, 80, [[10., 8, 50, 40], [40, 30, 78, 60]], [1, 4]), (72, 64, [[5., 5, 40, 50]], [2])):
+        t = {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels)}
+        if mask:
+            m = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes):
+                m[i, int(y0):int(y1), int(x0):int(x1)] = 1
+            t["masks"] = m
+        targets.append(t)
+    return images, targets
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trains_and_predicts(arch):
+    torch.manual_seed(0)
+    cfg = load_detection_config(DEMO / f"{arch}.yaml", TINY)
+    check_supported(cfg, detection_defaults(), arch)
+    model = build_model(cfg)
+    images, targets = _batch(cfg.MODEL.MASK_ON)
+    losses = model(images, targets)
+    expected = {"loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg"} | (
+        {"loss_mask"} if cfg.MODEL.MASK_ON else set())
+    assert set(losses) == expected
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.roi_heads.box_predictor.parameters())
+    model.eval()
+    with torch.no_grad():
+        dets = model(images)
+    for d, im in zip(dets, images):
+        assert d["boxes"].shape[1] == 4 and len(d["boxes"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
+        assert ((d["labels"] >= 0) & (d["labels"] < 4)).all()
+        assert (d["boxes"][:, 2] <= im.shape[-1]).all() and (d["boxes"][:, 3] <= im.shape[-2]).all()
+        if cfg.MODEL.MASK_ON:
+            assert d["masks"].shape[0] == len(d["boxes"])
+
+
+def test_detectron2_layout():
+    """Background last (K+1 scores), class-specific deltas without background, anchors
+    size-major without rounding, ROIAlignV2 (aligned) pooling, extra norm after res5."""
+    cfg = load_detection_config(DEMO / "demo_voc_C4.yaml", TINY)
+    model = build_model(cfg)
+    pred = model.roi_heads.box_predictor
+    assert pred.cls_score.out_features == 5 and pred.bbox_pred.out_features == 16
+    assert model.roi_heads.box_roi_pool.aligned and model.roi_heads.box_roi_pool.output_size == 14
+    assert hasattr(model.roi_heads.box_head.res5, "norm")
+    cells = model.rpn.anchor_generator.cell_anchors[0]
+    sizes = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
+    assert torch.allclose(sizes[:3], torch.full((3,), 16.0 ** 2))  # first size, all ratios
+    assert not torch.equal(cells, cells.round())
+    names = set(model.state_dict())
+    assert "rpn.head.cls_logits.weight" in names and "backbone.body.layer3.0.conv1.weight" in names
+
+
+def test_norm_placement():
+    cfg = load_detection_config(DEMO / "demo_coco_FPN_mask.yaml", TINY)
+    model = build_model(cfg)
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, SyncBatchNorm2d) and not m.naive for m in bns)
+    frozen = load_detection_config(DEMO / "demo_voc_C4.yaml", TINY + ["MODEL.BACKBONE.FREEZE_AT", "2"])
+    body = build_model(frozen).backbone.body
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+
+
+def test_unhonoured_key_is_refused():
+    cfg = load_detection_config(DEMO / "demo_voc_C4.yaml", TINY + ["MODEL.KEYPOINT_ON", "True"])
+    with pytest.raises(UserError, match="MODEL.KEYPOINT_ON"):
+        check_supported(cfg, detection_defaults(), "x.yaml")
+
+
+MOCO_VOC = """_BASE_: "pascal_voc_R_50_C4_24k.yaml"
+MODEL:
+  PIXEL_MEAN: [123.675, 116.280, 103.530]
+  PIXEL_STD: [58.395, 57.120, 57.375]
+  WEIGHTS: "See Instructions"
+  RESNETS:
+    STRIDE_IN_1X1: False
+INPUT:
+  FORMAT: "RGB"
+"""
+MOCO_VOC_BASE = """_BASE_: "Base-RCNN-C4-BN.yaml"
+MODEL:
+  MASK_ON: False
+  WEIGHTS: "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+  ROI_HEADS:
+    NUM_CLASSES: 20
+INPUT:
+  MIN_SIZE_TRAIN: (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+  MIN_SIZE_TEST: 800
+DATASETS:
+  TRAIN: ('voc_2007_trainval', 'voc_2012_trainval')
+  TEST: ('voc_2007_test',)
+SOLVER:
+  STEPS: (18000, 22000)
+  MAX_ITER: 24000
+  WARMUP_ITERS: 100
+"""
+
+
+def test_moco_authors_voc_config_loads_and_builds(tmp_path):
+    (tmp_path / "Base-RCNN-C4-BN.yaml").write_text(MOCO_BASE)
+    (tmp_path / "pascal_voc_R_50_C4_24k.yaml").write_text(MOCO_VOC_BASE)
+    (tmp_path / "pascal_voc_R_50_C4_24k_moco.yaml").write_text(MOCO_VOC)
+    cfg = load_detection_config(tmp_path / "pascal_voc_R_50_C4_24k_moco.yaml")
+    check_supported(cfg, detection_defaults(), "moco")
+    model = build_model(cfg)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 21
+    assert model.roi_heads.box_head.res5[0].conv1.in_channels == 1024

@@ -1,0 +1,153 @@
+"""Images and annotations -> model inputs, as detectron2's DatasetMapper prepares them.
+
+Resize (shortest edge from INPUT.MIN_SIZE_TRAIN by 'choice' or 'range', capped by the max
+size), flip, channels in INPUT.FORMAT order, 0-255 floats (the model normalises). Training
+batches are a pure function of (seed, iteration, rank): every random draw comes from a
+generator seeded by the sample's position in an endless stream of seeded permutations, so a
+resumed run sees exactly the batches an uninterrupted one would, whatever the workers.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from mocobench import UserError
+
+FLIPS = ("horizontal", "vertical", "none")
+
+
+def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge output size."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        s = max_size / max(newh, neww)
+        newh, neww = newh * s, neww * s
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def read_image(path: str, fmt: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read image: {e}") from None
+    return rgb[:, :, ::-1] if fmt == "BGR" else rgb
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+def instance_mask(segmentation: Any, h0: int, w0: int, sx: float, sy: float, size: tuple[int, int]) -> np.ndarray:
+    """A polygon (scaled, then rasterised at the output size) or an RLE (resized nearest)."""
+    h, w = size
+    if isinstance(segmentation, list):
+        polys = [(np.asarray(p, dtype=np.float64).reshape(-1, 2) * [sx, sy]).ravel().tolist()
+                 for p in segmentation if len(p) >= 6]
+        if not polys:
+            return np.zeros((h, w), np.uint8)
+        return mask_util.decode(mask_util.merge(mask_util.frPyObjects(polys, h, w)))
+    rle = segmentation
+    if isinstance(rle.get("counts"), list):
+        rle = mask_util.frPyObjects(rle, h0, w0)
+    full = mask_util.decode(rle)
+    return np.asarray(Image.fromarray(full).resize((w, h), Image.NEAREST))
+
+
+class TrainMapper:
+    def __init__(self, cfg: CfgNode, mask_on: bool) -> None:
+        i = cfg.INPUT
+        if i.MIN_SIZE_TRAIN_SAMPLING not in ("choice", "range"):
+            raise UserError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING {i.MIN_SIZE_TRAIN_SAMPLING!r}: use choice or range")
+        if i.RANDOM_FLIP not in FLIPS:
+            raise UserError(f"INPUT.RANDOM_FLIP {i.RANDOM_FLIP!r}: use one of {', '.join(FLIPS)}")
+        if i.FORMAT not in ("RGB", "BGR"):
+            raise UserError(f"INPUT.FORMAT {i.FORMAT!r}: the torchvision engine reads RGB or BGR")
+        if i.MASK_FORMAT != "polygon":
+            raise UserError(f"INPUT.MASK_FORMAT {i.MASK_FORMAT!r}: only polygon is implemented")
+        self.sizes = list(i.MIN_SIZE_TRAIN)
+        self.sampling, self.max_size, self.flip, self.fmt = i.MIN_SIZE_TRAIN_SAMPLING, i.MAX_SIZE_TRAIN, i.RANDOM_FLIP, i.FORMAT
+        self.mask_on = mask_on
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = read_image(record["file_name"], self.fmt)
+        h0, w0 = image.shape[:2]
+        short = (int(rng.choice(self.sizes)) if self.sampling == "choice"
+                 else int(rng.integers(self.sizes[0], self.sizes[-1] + 1)))
+        h, w = shortest_edge_size(h0, w0, short, self.max_size)
+        sx, sy = w / w0, h / h0
+        image = resize(image, (h, w))
+        flip = self.flip != "none" and rng.random() < 0.5
+        annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        boxes = np.asarray([a["bbox"] for a in annos], np.float32).reshape(-1, 4) * [sx, sy, sx, sy]
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        masks = [instance_mask(a["segmentation"], h0, w0, sx, sy, (h, w)) for a in annos] if self.mask_on else []
+        if flip and self.flip == "horizontal":
+            image = image[:, ::-1]
+            boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+            masks = [m[:, ::-1] for m in masks]
+        elif flip:
+            image = image[::-1]
+            boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
+            masks = [m[::-1] for m in masks]
+        keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+        target = {"boxes": torch.from_numpy(boxes[keep]),
+                  # torchvision's sampling wants 1..K, 0 = background
+                  "labels": torch.tensor([a["category_id"] + 1 for a, k in zip(annos, keep) if k], dtype=torch.int64)}
+        if self.mask_on:
+            stacked = np.stack([m for m, k in zip(masks, keep) if k]) if keep.any() else np.zeros((0, h, w), np.uint8)
+            target["masks"] = torch.from_numpy(np.ascontiguousarray(stacked))
+        return to_tensor(image), target
+
+
+def test_input(record: dict, cfg: CfgNode) -> torch.Tensor:
+    image = read_image(record["file_name"], cfg.INPUT.FORMAT)
+    h, w = shortest_edge_size(*image.shape[:2], cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    return to_tensor(resize(image, (h, w)))
+
+
+@lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """Item ``it`` = this rank's share of global batch ``it`` (detectron2's TrainingSampler:
+    one endless stream of seeded permutations, each rank taking its slice)."""
+
+    def __init__(self, records: list[dict], mapper: TrainMapper, seed: int, global_batch: int,
+                 rank: int, world: int, length: int) -> None:
+        if global_batch % world:
+            raise UserError(f"SOLVER.IMS_PER_BATCH {global_batch} does not split over {world} processes")
+        self.records, self.mapper, self.seed = records, mapper, seed
+        self.per_rank, self.rank, self.world, self.length = global_batch // world, rank, world, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, it: int) -> list[tuple[torch.Tensor, dict]]:
+        n = len(self.records)
+        out = []
+        first = (it * self.world + self.rank) * self.per_rank
+        for pos in range(first, first + self.per_rank):
+            index = _permutation(n, self.seed, pos // n)[pos % n]
+            rng = np.random.default_rng([self.seed, pos])
+            out.append(self.mapper(self.records[index], rng))
+        return out

@@ -1,0 +1,86 @@
+"""detectron2's solver: SGD with per-group weight decay, WarmupMultiStepLR, and the
+REFERENCE_WORLD_SIZE rule that rescales a schedule written for another number of GPUs."""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+import torch.nn as nn
+from fvcore.common.config import CfgNode
+
+from mocobench import UserError
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def auto_scale_workers(cfg: CfgNode, world_size: int) -> dict:
+    """detectron2's DefaultTrainer.auto_scale_workers, in place; returns what changed."""
+    s = cfg.SOLVER
+    old = s.REFERENCE_WORLD_SIZE
+    if old == 0 or old == world_size:
+        return {}
+    scale = world_size / old
+    batch = s.IMS_PER_BATCH * scale
+    if abs(batch - round(batch)) > 1e-6:
+        raise UserError(f"SOLVER.IMS_PER_BATCH {s.IMS_PER_BATCH} x {world_size}/{old} processes is not a whole batch")
+    before = {k: s[k] for k in ("IMS_PER_BATCH", "BASE_LR", "MAX_ITER", "WARMUP_ITERS", "STEPS", "CHECKPOINT_PERIOD")}
+    before["EVAL_PERIOD"] = cfg.TEST.EVAL_PERIOD
+    s.IMS_PER_BATCH = int(round(batch))
+    s.BASE_LR = s.BASE_LR * scale
+    s.MAX_ITER = int(round(s.MAX_ITER / scale))
+    s.WARMUP_ITERS = int(round(s.WARMUP_ITERS / scale))
+    s.STEPS = tuple(int(round(x / scale)) for x in s.STEPS)
+    s.CHECKPOINT_PERIOD = int(round(s.CHECKPOINT_PERIOD / scale))
+    cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
+    s.REFERENCE_WORLD_SIZE = world_size
+    return {"reference_world_size": old, "world_size": world_size, "before": before}
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
+    """detectron2's get_default_optimizer_params: norm weights/biases take WEIGHT_DECAY_NORM,
+    biases BASE_LR * BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS (default WEIGHT_DECAY)."""
+    s = cfg.SOLVER
+    if s.CLIP_GRADIENTS.ENABLED:
+        raise UserError("SOLVER.CLIP_GRADIENTS.ENABLED: gradient clipping is not implemented")
+    wd_bias = s.WEIGHT_DECAY if s.WEIGHT_DECAY_BIAS is None else s.WEIGHT_DECAY_BIAS
+    groups: dict[tuple[float, float], list] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            lr, wd = s.BASE_LR, s.WEIGHT_DECAY
+            if isinstance(module, NORM_TYPES):
+                wd = s.WEIGHT_DECAY_NORM
+            elif name == "bias":
+                lr, wd = s.BASE_LR * s.BIAS_LR_FACTOR, wd_bias
+            groups.setdefault((lr, wd), []).append(p)
+    params = [{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
+
+
+def lr_factor(cfg: CfgNode, iteration: int) -> float:
+    """WarmupMultiStepLR: warmup (linear or constant) times GAMMA ** (steps passed)."""
+    s = cfg.SOLVER
+    if s.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
+        raise UserError(f"SOLVER.LR_SCHEDULER_NAME {s.LR_SCHEDULER_NAME!r}: only WarmupMultiStepLR is implemented")
+    warm = 1.0
+    if iteration < s.WARMUP_ITERS:
+        if s.WARMUP_METHOD == "linear":
+            alpha = iteration / s.WARMUP_ITERS
+            warm = s.WARMUP_FACTOR * (1 - alpha) + alpha
+        elif s.WARMUP_METHOD == "constant":
+            warm = s.WARMUP_FACTOR
+        else:
+            raise UserError(f"SOLVER.WARMUP_METHOD {s.WARMUP_METHOD!r}: use linear or constant")
+    return warm * s.GAMMA ** bisect.bisect_right(sorted(s.STEPS), iteration)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: CfgNode, iteration: int) -> float:
+    """Set every group's lr for ``iteration``; a pure function of it, so resuming needs no state."""
+    factor = lr_factor(cfg, iteration)
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    return cfg.SOLVER.BASE_LR * factor

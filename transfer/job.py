@@ -1,0 +1,80 @@
+"""Run one detection job -- a detectron2-format config, init weights and a seed -- into a run
+dir: config.yaml (merged config), metrics.jsonl (training log), checkpoints
+(model_XXXXXXX.pth, model_final.pth, last_checkpoint) and, only at the end, metrics.json.
+
+Distributed: launch with torchrun (gloo on CPU, NCCL on GPU); SOLVER.IMS_PER_BATCH is the
+global batch, split over the processes. A run dir with checkpoints needs --resume, which
+continues exactly where the last checkpoint left off. KEY VALUE pairs after the options
+override config keys, as in detectron2's train_net.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from mocobench import UserError
+from mocobench import dist as mdist
+from transfer.config import detection_defaults, load_detection_config
+
+ENGINES = ("torchvision", "detectron2")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="detection config (detectron2 YAML, _BASE_ chains allowed)")
+    parser.add_argument("--weights", help="init weights: a converted backbone .pkl (mocobench convert) or any "
+                        "checkpoint it reads, or a run's model_*.pth; overrides MODEL.WEIGHTS ('' = random init)")
+    parser.add_argument("--output-dir", help="run dir (default: the config's OUTPUT_DIR)")
+    parser.add_argument("--engine", choices=ENGINES, default="torchvision",
+                        help="torchvision: the embedded engine (default); detectron2: the reference, if installed")
+    parser.add_argument("--seed", type=int, help="overrides SEED; -1 draws one and records it in config.yaml")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the run dir's last checkpoint (start fresh if it has none)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate without training: the run dir's last checkpoint with --resume, else the "
+                        "weights (an init .pkl gives the before-training numbers)")
+    parser.add_argument("--data-root", help="dataset root (default: $DETECTRON2_DATASETS, else 'datasets')")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, e.g. SOLVER.MAX_ITER 100")
+
+
+def load_job_config(args: argparse.Namespace):
+    overrides = list(args.opts)
+    if overrides[:1] == ["--"]:
+        overrides = overrides[1:]
+    cfg = load_detection_config(args.config, overrides)
+    if args.weights is not None:
+        cfg.MODEL.WEIGHTS = args.weights
+    if args.seed is not None:
+        cfg.SEED = args.seed
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_job_config(args)
+    out_dir = Path(args.output_dir or cfg.OUTPUT_DIR)
+    cfg.OUTPUT_DIR = str(out_dir)
+    data_root = args.data_root or os.environ.get("DETECTRON2_DATASETS") or "datasets"
+    if args.engine == "detectron2":
+        try:
+            import detectron2  # noqa: F401
+        except ImportError:
+            raise UserError("--engine detectron2: detectron2 is not importable; install it per its own docs "
+                            "or use --engine torchvision") from None
+        raise UserError("--engine detectron2: not implemented yet (a later issue adds it)")
+    from transfer.engines.torchvision.supported import check_supported
+    from transfer.engines.torchvision.train import run_job
+
+    check_supported(cfg, detection_defaults(), args.config)
+    try:
+        metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
+    finally:
+        mdist.cleanup()
+    if metrics is not None:
+        boxes = metrics.get("bbox", {})
+        line = f"transfer: {out_dir}/metrics.json: bbox AP {boxes.get('AP', float('nan')):.2f} AP50 {boxes.get('AP50', float('nan')):.2f}"
+        if "segm" in metrics:
+            line += f", segm AP {metrics['segm'].get('AP', float('nan')):.2f}"
+        print(line, flush=True)
+    return 0
