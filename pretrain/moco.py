@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 
+from mocobench import dist as mdist
 from mocobench.resnet import ResNetShape, build_resnet
 from pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
 
@@ -35,6 +36,36 @@ def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1) -
     return net
 
 
+class QueueLogits(torch.autograd.Function):
+    """``q @ queue`` without copying the queue (K = 65536 columns) every step.
+
+    The enqueue that follows in the same forward overwrites the queue's columns
+    [start, stop) in place, so the usual fix is a copy of the whole queue for backward.
+    Forward keeps only the columns about to be overwritten (d x batch); backward uses the
+    live queue elsewhere and those columns where it was overwritten. A second write
+    into the queue before backward would make that wrong, so backward refuses it.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, queue: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        ctx.queue, ctx.start, ctx.stop, ctx.version = queue, start, stop, queue._version
+        ctx.overwritten = queue[:, start:stop].clone()
+        return q @ queue.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        queue, s, e = ctx.queue, ctx.start, ctx.stop
+        if queue._version > ctx.version + 1:
+            raise RuntimeError("the MoCo queue was written more than once between forward and backward")
+        grad = grad.to(queue.dtype)
+        grad_q = grad[:, s:e] @ ctx.overwritten.T
+        if s > 0:
+            grad_q = grad_q.addmm_(grad[:, :s], queue[:, :s].T)
+        if e < queue.shape[1]:
+            grad_q = grad_q.addmm_(grad[:, e:], queue[:, e:].T)
+        return grad_q, None, None, None
+
+
 class MoCo(nn.Module):
     def __init__(self, encoder: nn.Module, dim: int = 128, K: int = 65536, m: float = 0.999,
                  T: float = 0.07) -> None:
@@ -51,8 +82,17 @@ class MoCo(nn.Module):
     def momentum_update(self) -> None:
         """key <- m * key + (1 - m) * query, for parameters only (BN buffers of the key
         encoder come from its own forward passes)."""
-        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
-            pk.mul_(self.m).add_(pq.detach() * (1.0 - self.m))
+        keys, queries = list(self.encoder_k.parameters()), [p.detach() for p in self.encoder_q.parameters()]
+        if keys[0].is_cuda:
+            # a few fused kernels instead of three launches per parameter; the same
+            # arithmetic bit for bit (an alpha-add or lerp would round differently)
+            torch._foreach_mul_(keys, self.m)
+            torch._foreach_add_(keys, torch._foreach_mul(queries, 1.0 - self.m))
+        else:
+            # on CPU the foreach form is no faster and its temporaries for every parameter
+            # at once cost more (benchmarks/bench_pretrain.py, README "Performance")
+            for pk, pq in zip(keys, queries):
+                pk.mul_(self.m).add_(pq * (1.0 - self.m))
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -76,9 +116,11 @@ class MoCo(nn.Module):
             self.momentum_update()
             shuffled, unshuffle = shuffle_batch(im_k)
             k = unshuffle(F.normalize(self.encoder_k(shuffled), dim=1))
+        q = q / self.T  # scale the (N, d) queries, not the (N, 1+K) logits
         l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ self.queue.clone().detach().to(q.dtype)
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        start = int(self.queue_ptr)
+        l_neg = QueueLogits.apply(q, self.queue, start, start + k.shape[0] * mdist.world_size())
+        logits = torch.cat([l_pos, l_neg.to(l_pos.dtype)], dim=1)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         self.enqueue(k)
         return logits, labels

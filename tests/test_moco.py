@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mocobench.resnet import ResNetShape
-from pretrain.moco import MoCo, build_encoder
+from pretrain.moco import MoCo, QueueLogits, build_encoder
 from pretrain.shuffle_bn import SplitBatchNorm
 
 SHAPE = ResNetShape(50, 8, 16, 4)
@@ -94,3 +94,19 @@ def test_split_batchnorm_normalises_each_sub_batch_on_its_own():
     means = torch.stack([x[g::2].mean(dim=(0, 2, 3)) for g in range(2)]).mean(0)
     assert torch.allclose(split.running_mean, 0.1 * means, atol=1e-6)
     assert set(split.state_dict()) == set(plain.state_dict())
+
+
+def test_queue_logits_backward_uses_the_queue_as_it_was_before_the_enqueue():
+    torch.manual_seed(0)
+    queue, q = torch.randn(4, 8), torch.randn(2, 4, requires_grad=True)
+    copy_q = q.detach().clone().requires_grad_()
+    (copy_q @ queue.clone()).square().sum().backward()
+    out = QueueLogits.apply(q, queue, 2, 4)
+    queue[:, 2:4] = 5.0  # what enqueue does between forward and backward
+    out.square().sum().backward()
+    assert torch.allclose(q.grad, copy_q.grad, atol=1e-6)
+    out = QueueLogits.apply(q, queue, 2, 4)
+    queue[:, 2:4] = 6.0
+    queue[:, 4:6] = 6.0
+    with pytest.raises(RuntimeError, match="more than once"):
+        out.sum().backward()

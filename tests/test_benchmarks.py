@@ -1,0 +1,35 @@
+"""The benchmarks' core functions at minuscule sizes, so the scripts keep working (no timing asserts)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from benchmarks import bench_data, bench_detect, bench_eval, bench_pretrain
+from transfer.datasets.synth import write_synthetic
+
+SMALL_MOCO = ("MODEL.STEM_OUT_CHANNELS", "8", "MODEL.RES2_OUT_CHANNELS", "16", "MODEL.WIDTH_PER_GROUP", "4",
+              "MOCO.K", "32", "SOLVER.BATCH_SIZE", "8", "INPUT.CROP_SIZE", "32", "MOCO.SPLIT_BN_GROUPS", "2")
+
+
+def test_bench_pretrain_measures_its_ratios():
+    cfg = bench_pretrain.scale_config("demo", SMALL_MOCO)
+    result = bench_pretrain.measure_step(cfg, 1, torch.device("cpu"), label="demo")
+    assert result.ours_over_alg1 > 0 and math.isfinite(result.overhead) and result.images_per_s > 0
+
+
+def test_bench_data_measures_loader_and_decoders(tmp_path):
+    write_synthetic(tmp_path, seed=0, scale="tiny")
+    ratios = bench_data.measure(tmp_path / "unlabeled", 1, 1, SMALL_MOCO + ("DATA.NUM_WORKERS", "0"))
+    assert all(v > 0 for v in ratios.values())
+
+
+def test_bench_eval_agrees_with_the_devkit_loop_and_times_coco():
+    ratios = bench_eval.measure(30, 3, 1)  # raises if the VOC evaluator and the loop disagree
+    assert set(ratios) == {"loop_over_voc", "coco_over_voc"}
+
+
+def test_bench_detect_runs_ours_and_stock():
+    ratios = bench_detect.measure(64, 1, 1, torch.device("cpu"))
+    assert ratios["stock_over_ours_bn"] > 0 and ratios["stock_over_ours"] > 0
