@@ -14,3 +14,18 @@ TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS
         "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "2",
         "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0"]
+
+
+def write_tiny_config(path: Path, base: Path = DEMO / "demo_voc_C4.yaml") -> Path:
+    """A config file: ``base`` with the TINY overrides, for commands that take no overrides."""
+    import yaml
+
+    tree: dict = {}
+    for key, value in zip(TINY[0::2], TINY[1::2]):
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value) if not value.startswith("(") else value
+    path.write_text(yaml.safe_dump({"_BASE_": str(base), **tree}))
+    return path
