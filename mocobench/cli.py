@@ -22,7 +22,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "lincls": ("pretrain.lincls", "linear classification protocol on a frozen pretrained trunk"),
     "supervised": ("pretrain.supervised", "train the same ResNet with labels -> torchvision .pth (supervised init)"),
     "convert": ("transfer.convert_cli", "convert a backbone checkpoint to detectron2 weights (.pkl)"),
-    "transfer": ("transfer.job", "run a Faster/Mask R-CNN job (config + init weights + seed) into a run dir"),
     "evaluate": ("transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
     "transfer": ("transfer.job", "run a Faster/Mask R-CNN job (config + init weights + seed) into a run dir"),
     "run-all": ("results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),

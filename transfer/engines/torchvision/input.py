@@ -10,7 +10,7 @@ resumed run sees exactly the batches an uninterrupted one would, whatever the wo
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
