@@ -267,3 +267,13 @@ def test_bad_detections_are_named(tmp_path, change, message):
     dets[1] = {**dets[1], **change}
     with pytest.raises(UserError, match=message):
         evaluate("voc_2007_test", tmp_path, dets, source="dets.json")
+
+
+def test_synthetic_voc_test_split_matches_devkit_reference(tmp_path):
+    """The issue's check on the suite's own data: the synthetic VOC2007 test split."""
+    from transfer.datasets.synth import write_synthetic
+
+    write_synthetic(tmp_path, 0, "tiny")
+    records, meta = get_dataset("voc_2007_test", tmp_path)
+    detections = random_detections(records, len(meta["thing_classes"]), seed=7)
+    assert_matches_devkit(tmp_path / "VOC2007", "voc_2007_test", tmp_path, detections)
