@@ -1,7 +1,8 @@
 """One synthetic image: a cluttered background with textured objects laid out on it.
 
 Why it is built this way: detection should be learnable but not trivial, and a pretrained
-backbone should help. So classes differ in form, texture and colour at once, while the
+backbone should help. So classes differ in form and texture but not in colour (any object
+takes any hue, as in real photos, so colour statistics alone classify nothing), the
 background carries distractors (lines, blobs) in any hue, and objects come at varied
 scales, cut by the border (truncated) or partly hidden by later objects (occluded).
 
@@ -120,7 +121,7 @@ def rasterize(poly: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def _paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray, cls: ObjectClass,
            render: Render, center: list[float], radius: float, angle: float) -> None:
-    hue = cls.hue + rng.normal(0.0, render.hue_jitter)
+    hue = rng.random()  # any class in any colour: class is form and texture
     value = rng.uniform(*render.value)
     first = shapes.hsv_rgb(hue, rng.uniform(*render.saturation), value)
     second = shapes.hsv_rgb(hue + rng.normal(0.0, render.hue_jitter), rng.uniform(*render.saturation),

@@ -108,8 +108,13 @@ def gradient(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + u / 6, 0.0, 1.0).astype(np.float32)
 
 
+def rings(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Concentric bands around the object's centre."""
+    return (np.floor(np.hypot(u, v) + 0.5) % 2).astype(np.float32)
+
+
 TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    f.__name__: f for f in (stripes, dots, checks, waves, gradient)
+    f.__name__: f for f in (stripes, dots, checks, waves, gradient, rings)
 }
 
 

@@ -36,7 +36,7 @@ from transfer.datasets.synth_scales import Scale, SceneSpec, SynthSpec, load_syn
 
 MARKER = "SYNTH.json"
 FORMAT = "mocobench-synth"
-GENERATOR_VERSION = 1  # bump when the same seed and scale would draw different images
+GENERATOR_VERSION = 2  # bump when the same seed and scale would draw different images
 PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco")
 CLASS_LIST = "classes.txt"  # in VOC2007/ and VOC2012/: the dataset's class names, one a line
 PROGRESS_EVERY = 0.25       # report each part at quarters of its images

@@ -31,7 +31,6 @@ class ObjectClass:
     name: str
     shape: str
     texture: str
-    hue: float
     coco_id: int
     supercategory: str
 
