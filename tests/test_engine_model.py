@@ -62,7 +62,8 @@ def test_detectron2_layout():
     model = build_model(cfg)
     pred = model.roi_heads.box_predictor
     assert pred.cls_score.out_features == 5 and pred.bbox_pred.out_features == 16
-    assert model.roi_heads.box_roi_pool.aligned and model.roi_heads.box_roi_pool.output_size == 14
+    assert model.roi_heads.box_roi_pool.aligned
+    assert model.roi_heads.box_roi_pool.output_size == cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
     assert hasattr(model.roi_heads.box_head.res5, "norm")
     cells = model.rpn.anchor_generator.cell_anchors[0]
     sizes = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
