@@ -76,7 +76,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     """The options every benchmark takes."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (under 3 minutes on CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per candidate (default: 3 quick, 7 full)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per candidate (default: 5 quick, 7 full)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     return p
 
@@ -87,4 +87,4 @@ def setup(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"# torch {torch.__version__}, {device}, {torch.get_num_threads()} threads", flush=True)
-    return args.repeats or (3 if args.quick else 7)
+    return args.repeats or (5 if args.quick else 7)
