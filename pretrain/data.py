@@ -117,9 +117,12 @@ class ResumableSampler(Sampler[int]):
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, num_workers: int,
                 drop_last: bool, pin_memory: bool = False) -> DataLoader:
+    # Its own generator: creating a loader iterator draws a worker base seed, and from the
+    # global RNG that draw would shift the shuffle-BN permutations of a run resumed mid-epoch
+    # against the uninterrupted run (augmentation is seeded per sample, so no worker needs it).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
 @contextlib.contextmanager
