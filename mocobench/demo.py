@@ -28,6 +28,7 @@ from mocobench import UserError
 from mocobench.atomic import write_text
 from mocobench.config import load_config, load_defaults
 from mocobench.progress import format_seconds
+from results.launch import thread_env
 
 DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -35,10 +36,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class Stage:
+    """One step of the flow: its commands (the unfinished ones, when it has several), run
+    in turn or, with ``side_by_side``, all at once on a share of the cores each."""
     name: str
     title: str
     commands: Callable[[], list[list[str]]]
     done: Callable[[], bool] = lambda: False
+    side_by_side: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +66,12 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
     moco_final = pre / f"checkpoint_{_pretrain_epochs(cfg):04d}.pth.tar"
     inits = out / "inits.yaml"
     tables = list(cfg.TABLES)
+    backbones = [
+        (["pretrain", "--config", _config_path(cfg.PRETRAIN_CONFIG), "--data", str(data / "unlabeled"),
+          "--output-dir", str(pre), "--resume", "TRAIN.SEED", str(cfg.SEED)], moco_final),
+        (["supervised", "--config", _config_path(cfg.SUPERVISED_CONFIG), "--data", str(data / "classify"),
+          "--output-dir", str(sup), "--resume", "TRAIN.SEED", str(cfg.SEED)], sup / "model_final.pth"),
+    ]
 
     def convert() -> list[list[str]]:
         write_text(inits, yaml.safe_dump({
@@ -75,19 +85,15 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
     return [
         Stage("data", "synthetic VOC / COCO / unlabeled / classify data",
               lambda: [["data", "synth", "--out", str(data), "--seed", str(cfg.SEED), "--scale", cfg.DATA_SCALE]]),
-        Stage("pretrain", "MoCo v2 pretraining on data/unlabeled",
-              lambda: [["pretrain", "--config", _config_path(cfg.PRETRAIN_CONFIG), "--data", str(data / "unlabeled"),
-                        "--output-dir", str(pre), "--resume", "TRAIN.SEED", str(cfg.SEED)]],
-              moco_final.is_file),
-        Stage("supervised", "supervised init on data/classify",
-              lambda: [["supervised", "--config", _config_path(cfg.SUPERVISED_CONFIG), "--data", str(data / "classify"),
-                        "--output-dir", str(sup), "--resume", "TRAIN.SEED", str(cfg.SEED)]],
-              (sup / "model_final.pth").is_file),
+        # two small single-process trainings: side by side they use 2 cores better than in turn
+        Stage("backbones", "MoCo v2 pretraining on data/unlabeled | supervised init on data/classify",
+              lambda: [command for command, final in backbones if not final.is_file()],
+              lambda: all(final.is_file() for _, final in backbones), side_by_side=True),
         Stage("convert", "MoCo and supervised backbones -> detectron2 weights", convert,
               lambda: (weights / "moco.pkl").is_file() and (weights / "supervised.pkl").is_file() and inits.is_file()),
         Stage("detect", f"detection tables {', '.join(tables)} (random / supervised / MoCo inits)",
               lambda: [["run-all", "--tables", *tables, "--inits", str(inits), "--engine", engine,
-                        "--output", str(runs), "--data-root", str(data)]]),
+                        "--output", str(runs), "--data-root", str(data), "--parallel", str(cfg.DETECT_PARALLEL)]]),
         Stage("collate", "tables with deltas vs supervised",
               lambda: [["collate", str(runs), "--out", str(report), "--tables", *tables, "--inits", str(inits)]]),
     ]
@@ -112,16 +118,24 @@ def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, s
         print(f"{head} (elapsed {format_seconds(time.perf_counter() - t0)}, "
               f"ETA {format_seconds(remaining)})", flush=True)
         ts = time.perf_counter()
-        for command in stage.commands():
-            full = [sys.executable, "-m", "mocobench", *command]
-            if subprocess.run(full, env=env).returncode != 0:
-                raise UserError(f"stage '{stage.name}' failed: {' '.join(full)} (run the demo again to resume)")
+        _run_commands(stage, env)
         took = time.perf_counter() - ts
         spent_expected += expected[stage.name]
         spent_measured += took
         ratio = spent_measured / spent_expected
         print(f"[demo {i}/{len(stages)}] {stage.name} finished in {format_seconds(took)}", flush=True)
     print(f"[demo] all stages done in {format_seconds(time.perf_counter() - t0)}", flush=True)
+
+
+def _run_commands(stage: Stage, env: dict[str, str]) -> None:
+    commands = [[sys.executable, "-m", "mocobench", *c] for c in stage.commands()]
+    groups = [commands] if stage.side_by_side else [[c] for c in commands]
+    for group in groups:
+        share = {} if len(group) == 1 else thread_env(len(group), env)
+        procs = [(c, subprocess.Popen(c, env={**env, **share})) for c in group]
+        failed = [c for c, p in procs if p.wait() != 0]
+        if failed:
+            raise UserError(f"stage '{stage.name}' failed: {' '.join(failed[0])} (run the demo again to resume)")
 
 
 def run(args: argparse.Namespace) -> int:

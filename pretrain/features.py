@@ -38,3 +38,22 @@ def load_trunk(net: nn.Module, trunk: dict[str, torch.Tensor], source: str) -> N
     if missing or unexpected:
         raise ValueError(f"{source}: weights do not fit the ResNet: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+
+
+@torch.no_grad()
+def estimate_bn_stats(net: nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """Set every BN layer's running statistics to the data's, weights untouched.
+
+    Why: a freshly initialised ResNet's running statistics are (0, 1), so in eval mode its
+    BN layers do nothing and its features are those of an unnormalised random network, a
+    network that never runs in training. A trained encoder's features are normalised by
+    statistics of real images; for a like-for-like random-init baseline its statistics
+    must come from images too (the true mean over the loader, as precise BN computes).
+    """
+    from fvcore.nn.precise_bn import update_bn_stats
+
+    was_training = net.training
+    net.train()
+    with user_errors_from_workers():
+        update_bn_stats(net, (images.to(device) for images, _ in loader), num_iters=len(loader))
+    net.train(was_training)

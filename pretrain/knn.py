@@ -4,7 +4,11 @@ The protocol of InstDisc (Wu et al. 2018), used as a cheap monitor of self-super
 features: L2-normalised pooled features of the frozen trunk (BN in eval); each val image
 votes with its k nearest train images by cosine similarity s, weighted exp(s / T). Reads
 a MoCo checkpoint (ours or the authors'), a torchvision state dict, or --random-init
-(the same ResNet shape untrained, from the config's MODEL keys) for comparison.
+(the same ResNet shape untrained, from the config's MODEL keys) for comparison. The
+random-init baseline's BN statistics are estimated on the train split by default: with
+its initial (0, 1) statistics BN is the identity, and such an unnormalised random net
+scores differently from the same weights normalised as every trained encoder is
+(--random-bn init gives that number too; the README quotes both).
 Prints {"top1@k": percent, ...} as JSON; --output writes it to a file as well.
 """
 
@@ -27,7 +31,7 @@ from pretrain import checkpoint
 from pretrain.augment import eval_transform
 from pretrain.config import load_pretrain_config, resnet_shape
 from pretrain.data import ImageDataset, labelled_split, make_loader
-from pretrain.features import extract, load_trunk
+from pretrain.features import estimate_bn_stats, extract, load_trunk
 
 
 def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
@@ -47,9 +51,11 @@ def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: t
     return {f"top1@{k}": 100.0 * correct[k] / val_feats.shape[0] for k in ks}
 
 
-def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.device) -> dict[str, float]:
+def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.device,
+             bn_stats_from_data: bool = False) -> dict[str, float]:
     """kNN top-1 of ``net``'s trunk on ``data_root``/{train,val} (eval transforms), all
-    in this process (under DDP, rank 0 runs it while the others wait)."""
+    in this process (under DDP, rank 0 runs it while the others wait). With
+    ``bn_stats_from_data`` the BN running statistics are first set from the train split."""
     feats = {}
     for split in ("train", "val"):
         samples, _ = labelled_split(data_root, split)
@@ -57,6 +63,8 @@ def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.d
         loader = make_loader(dataset, batch_size=cfg.SOLVER.BATCH_SIZE,
                              sampler=SequentialSampler(dataset),
                              num_workers=cfg.DATA.NUM_WORKERS, drop_last=False)
+        if split == "train" and bn_stats_from_data:
+            estimate_bn_stats(net, loader, device)
         feats[split] = extract(net, loader, device)
     return knn_top1(*feats["train"], *feats["val"], ks=list(cfg.KNN.K), T=cfg.KNN.T)
 
@@ -66,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--weights", help="MoCo checkpoint (.pth.tar) or torchvision state dict (.pth)")
     src.add_argument("--random-init", action="store_true",
                      help="evaluate an untrained ResNet of the config's MODEL shape (seed TRAIN.SEED)")
+    parser.add_argument("--random-bn", choices=("data", "init"), default="data",
+                        help="with --random-init: BN running statistics estimated on the train split, "
+                             "weights untouched (data: default, the baseline comparable to a trained "
+                             "encoder, whose statistics come from images) or left at their (0, 1) "
+                             "initial values (init: BN is then the identity in eval mode)")
     parser.add_argument("--data", required=True, help="labelled root holding train/<class>/* and val/<class>/*")
     parser.add_argument("--config", help="pretrain-stage config (INPUT sizes, KNN.K/T, MODEL shape for "
                                          "--random-init; default: pretrain/defaults.yaml)")
@@ -88,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     device = mdist.init_from_env(cfg.TRAIN.DEVICE)
-    result = evaluate(net.to(device), cfg, args.data, device)
+    from_data = bool(args.random_init and args.random_bn == "data")
+    result = evaluate(net.to(device), cfg, args.data, device, bn_stats_from_data=from_data)
     result.update(weights=args.weights or "random-init", resnet_shape=shape.as_dict())
+    if args.random_init:
+        result["bn_stats"] = args.random_bn
     print(json.dumps(result, sort_keys=True))
     if args.output:
         write_json(Path(args.output), result)

@@ -22,7 +22,7 @@ from pathlib import Path
 from mocobench import UserError
 from mocobench.atomic import write_json
 from results.jobs import DONE, Job, expand, reference_world_size, scaling_overrides
-from results.launch import (ClusterParams, LaunchSpec, launch_in_turn, launch_submitit, torchrun_argv,
+from results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
                             transfer_argv)
 from results.runs import read_metrics
 from results.tables import load_inits, resolve_tables
@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", default="local", choices=LAUNCHERS,
                    help="local: one process per job, in turn; torchrun: DDP over --gpus on this node; "
                         "slurm: one submitit job per run (default: local)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="local launcher: run up to N jobs at once, the CPU cores split between them "
+                        "(OMP_NUM_THREADS = cores / N); for many small CPU jobs (default: 1, in turn)")
     p.add_argument("--gpus", type=int, default=int(os.environ.get("MOCOBENCH_GPUS", 0)) or None,
                    help="GPUs (DDP processes) per node; torchrun default: all visible, slurm default: 8 "
                         "[env MOCOBENCH_GPUS]")
@@ -59,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def world_size(args: argparse.Namespace) -> int:
+    if args.parallel < 1 or (args.parallel > 1 and args.launcher != "local"):
+        raise UserError(f"--parallel {args.parallel}: needs the local launcher and N >= 1")
     if args.launcher == "local":
         if args.gpus and args.gpus > 1:
             raise UserError(f"--gpus {args.gpus}: the local launcher runs one process; use --launcher torchrun")
@@ -140,7 +145,7 @@ def launch(args: argparse.Namespace, specs: list[LaunchSpec], output: Path, worl
                                timeout_min=args.time, cpus_per_task=args.cpus_per_task,
                                partition=args.partition)
         return launch_submitit(specs, params, output / ".submitit")
-    return launch_in_turn(specs)
+    return launch_local(specs, args.parallel)
 
 
 def job_record(job: Job, spec: LaunchSpec, args: argparse.Namespace, world: int) -> dict:

@@ -107,3 +107,25 @@ def test_bad_input_is_one_line_error_with_exit_2(problem, tmp_path, capsys):
                  "SOLVER.EPOCHS", "1", *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and expect in err and "\n" not in err, err
+
+
+def test_random_init_bn_statistics_come_from_the_train_split(pretrained, capsys):
+    """--random-bn data (default) sets BN statistics from images, weights untouched; init
+    leaves them at (0, 1); the two baselines differ and each says which it is."""
+    from torch.utils.data import DataLoader
+
+    from pretrain.features import estimate_bn_stats
+
+    net = build_resnet(ResNetShape(50, 8, 16, 4)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.rand(12, 3, 32, 32) * 2 + 1  # mean ~2, var ~1/3 per channel
+    estimate_bn_stats(net, DataLoader([(x, 0) for x in images], batch_size=4), torch.device("cpu"))
+    assert torch.allclose(net.bn1.running_mean, torch.nn.functional.conv2d(images, net.conv1.weight, stride=2,
+                                                                            padding=3).mean((0, 2, 3)), atol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items() if "running" not in k
+               and "num_batches" not in k)
+    assert not net.training  # its mode is restored
+    _, _, labelled = pretrained
+    for mode in ("data", "init"):
+        assert main(["knn", "--random-init", "--random-bn", mode, "--data", str(labelled), *TINY]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bn_stats"] == mode

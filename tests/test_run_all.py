@@ -17,7 +17,7 @@ import pytest
 
 from mocobench.atomic import write_json
 from results.jobs import scaling_overrides
-from results.launch import ClusterParams, LaunchSpec, launch_in_turn, launch_submitit
+from results.launch import ClusterParams, LaunchSpec, launch_local, launch_submitit
 from results.runs import read_metrics
 from results.tables import FORMATS, load_inits, resolve_tables, table_files
 from transfer.config import load_detection_config
@@ -134,9 +134,34 @@ def metrics_writer(fail: bool = False) -> list[str]:
 def test_local_launcher_runs_all_despite_a_failure(tmp_path):
     specs = [LaunchSpec("t/bad/seed0", tmp_path / "bad", metrics_writer(fail=True)),
              LaunchSpec("t/good/seed0", tmp_path / "good", [*metrics_writer(), str(tmp_path / "good")])]
-    codes = launch_in_turn(specs)
+    codes = launch_local(specs)
     assert codes == {"t/bad/seed0": 1, "t/good/seed0": 0}
     assert read_metrics(tmp_path / "good") is not None and read_metrics(tmp_path / "bad") is None
+
+
+RENDEZVOUS_JOB = textwrap.dedent("""
+    import os, sys, time, pathlib
+    me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    (me / 'started').write_text(os.environ['OMP_NUM_THREADS'])
+    deadline = time.time() + 60
+    while not (other / 'started').exists():  # only finishes if the other job runs at the same time
+        if time.time() > deadline:
+            sys.exit(3)
+        time.sleep(0.05)""")
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_local_launcher_parallel_runs_jobs_side_by_side(tmp_path, monkeypatch, parallel):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    a, b = tmp_path / "a", tmp_path / "b"
+    job = [sys.executable, "-c", RENDEZVOUS_JOB.replace("60", "60" if parallel == 2 else "1")]
+    specs = [LaunchSpec("t/a", a, [*job, str(a), str(b)]), LaunchSpec("t/b", b, [*job, str(b), str(a)])]
+    codes = launch_local(specs, parallel=parallel)
+    if parallel == 2:  # both met, each on half of the 4 threads
+        assert codes == {"t/a": 0, "t/b": 0}
+        assert (a / "started").read_text() == (b / "started").read_text() == "2"
+    else:  # in turn, the first waits in vain for the second
+        assert codes["t/a"] == 3 and (a / "started").read_text() == "4"
 
 
 DDP_JOB = textwrap.dedent("""

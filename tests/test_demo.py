@@ -1,0 +1,78 @@
+"""`mocobench demo` end to end at tiny scale, killed halfway and resumed.
+
+The real stages as subprocesses (synthetic data, MoCo pretraining | supervised init side by
+side, conversion, a detection table with three inits two jobs at a time, collation); only
+the sizes are tiny. The second run must skip every finished stage and detection job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from engine_fixtures import write_tiny_config as write_tiny_detection_config
+from pretrain_tiny import write_tiny_config as write_tiny_pretrain_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_demo_config(tmp: Path) -> Path:
+    detection = write_tiny_detection_config(tmp / "detect.yaml")
+    (tmp / "table.yaml").write_text(yaml.safe_dump({
+        "TITLE": "tiny demo table", "SCALE": "demo", "CONFIG": {"RGB": str(detection)},
+        "METRICS": ["bbox/AP50", "bbox/AP"]}))
+    pretrain = write_tiny_pretrain_config(tmp / "pretrain.yaml")
+    supervised = tmp / "supervised.yaml"
+    supervised.write_text(yaml.safe_dump({
+        "_BASE_": str(ROOT / "configs" / "pretrain" / "supervised_demo.yaml"),
+        "MODEL": {"STEM_OUT_CHANNELS": 8, "RES2_OUT_CHANNELS": 16, "WIDTH_PER_GROUP": 4},
+        "INPUT": {"CROP_SIZE": 32, "RESIZE_SIZE": 36}, "DATA": {"NUM_WORKERS": 0},
+        "SOLVER": {"EPOCHS": 2, "BATCH_SIZE": 4}}))
+    config = tmp / "demo.yaml"
+    config.write_text(yaml.safe_dump({
+        "DATA_SCALE": "tiny", "PRETRAIN_CONFIG": str(pretrain), "SUPERVISED_CONFIG": str(supervised),
+        "TABLES": [str(tmp / "table.yaml")], "NUM_THREADS": 2, "DETECT_PARALLEL": 2}))
+    return config
+
+
+def demo(config: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "mocobench", "demo", "--output-dir", str(out), "--config",
+                             str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+
+
+def test_demo_killed_during_detection_resumes_without_redoing_finished_work(tmp_path):
+    config, out = tiny_demo_config(tmp_path), tmp_path / "out"
+    first = demo(config, out)
+    runs = out / "runs"
+    deadline = time.time() + 300
+    while not list(runs.glob("**/metrics.json")):  # kill once the first detection job has finished
+        assert first.poll() is None, first.stdout.read()
+        assert time.time() < deadline, "no detection job finished within 5 minutes"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished = {p.parent for p in runs.glob("**/metrics.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("pretrain/checkpoint_*.pth.tar")}
+
+    second = demo(config, out)
+    text, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, text
+    assert "already holds the complete data" in text  # the data stage only checks the folder
+    for stage in ("backbones", "convert"):
+        assert any(line.endswith("already done, skipped") for line in text.splitlines() if f"] {stage}: " in line)
+    for run_dir in finished:  # finished detection jobs are listed as done, not run again
+        name = "/".join(run_dir.relative_to(runs).parts)
+        assert any(line.startswith("done") and name in line for line in text.splitlines()), (name, text)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(list(runs.glob("**/metrics.json"))) == 3  # random, supervised, moco
+    report = (out / "report" / "report.md").read_text()
+    assert "tiny demo table" in report and "moco" in report and "random" in report
+    assert "tiny demo table" in text  # the tables are printed
