@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,15 +35,20 @@ DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+Command = list[str]
+
+
 @dataclass
 class Stage:
-    """One step of the flow: its commands (the unfinished ones, when it has several), run
-    in turn or, with ``side_by_side``, all at once on a share of the cores each."""
+    """One step of the flow as lanes of commands: the commands of a lane run in turn, the
+    lanes side by side (each on its share of the cores). Why lanes: the demo's jobs are
+    small and use two cores poorly, so two one-thread processes finish sooner than the
+    same work in turn; and random-init detection needs no backbone, so it runs beside
+    pretraining instead of after it."""
     name: str
     title: str
-    commands: Callable[[], list[list[str]]]
+    lanes: Callable[[], list[list[Command]]]
     done: Callable[[], bool] = lambda: False
-    side_by_side: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,14 +70,22 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
     data, pre, sup, weights = out / "data", out / "pretrain", out / "supervised", out / "weights"
     runs, report = out / "runs", out / "report"
     moco_final = pre / f"checkpoint_{_pretrain_epochs(cfg):04d}.pth.tar"
-    inits = out / "inits.yaml"
+    inits, random_inits = out / "inits.yaml", out / "inits_random.yaml"
     tables = list(cfg.TABLES)
-    backbones = [
-        (["pretrain", "--config", _config_path(cfg.PRETRAIN_CONFIG), "--data", str(data / "unlabeled"),
-          "--output-dir", str(pre), "--resume", "TRAIN.SEED", str(cfg.SEED)], moco_final),
-        (["supervised", "--config", _config_path(cfg.SUPERVISED_CONFIG), "--data", str(data / "classify"),
-          "--output-dir", str(sup), "--resume", "TRAIN.SEED", str(cfg.SEED)], sup / "model_final.pth"),
-    ]
+    sup_final = sup / "model_final.pth"
+
+    def run_all(inits_file: Path, parallel: int = 1) -> Command:
+        return ["run-all", "--tables", *tables, "--inits", str(inits_file), "--engine", engine,
+                "--output", str(runs), "--data-root", str(data), "--parallel", str(parallel)]
+
+    def backbones() -> list[list[Command]]:
+        write_text(random_inits, yaml.safe_dump({"random": {"weights": ""}}))
+        pretrain = ["pretrain", "--config", _config_path(cfg.PRETRAIN_CONFIG), "--data", str(data / "unlabeled"),
+                    "--output-dir", str(pre), "--resume", "TRAIN.SEED", str(cfg.SEED)]
+        supervised = ["supervised", "--config", _config_path(cfg.SUPERVISED_CONFIG), "--data",
+                      str(data / "classify"), "--output-dir", str(sup), "--resume", "TRAIN.SEED", str(cfg.SEED)]
+        return [[pretrain] if not moco_final.is_file() else [],
+                ([supervised] if not sup_final.is_file() else []) + [run_all(random_inits)]]
 
     def convert() -> list[list[str]]:
         write_text(inits, yaml.safe_dump({
@@ -79,23 +93,21 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
             "supervised": {"weights": str(weights / "supervised.pkl")},
             "moco": {"weights": str(weights / "moco.pkl")},
         }, sort_keys=False))
-        return [["convert", str(moco_final), str(weights / "moco.pkl")],
-                ["convert", str(sup / "model_final.pth"), str(weights / "supervised.pkl")]]
+        return [[["convert", str(moco_final), str(weights / "moco.pkl")],
+                 ["convert", str(sup_final), str(weights / "supervised.pkl")]]]
 
     return [
         Stage("data", "synthetic VOC / COCO / unlabeled / classify data",
-              lambda: [["data", "synth", "--out", str(data), "--seed", str(cfg.SEED), "--scale", cfg.DATA_SCALE]]),
-        # two small single-process trainings: side by side they use 2 cores better than in turn
-        Stage("backbones", "MoCo v2 pretraining on data/unlabeled | supervised init on data/classify",
-              lambda: [command for command, final in backbones if not final.is_file()],
-              lambda: all(final.is_file() for _, final in backbones), side_by_side=True),
+              lambda: [[["data", "synth", "--out", str(data), "--seed", str(cfg.SEED), "--scale", cfg.DATA_SCALE]]]),
+        Stage("backbones", "MoCo v2 pretraining on data/unlabeled | supervised init on data/classify, "
+                           "then the random-init detection jobs", backbones,
+              lambda: moco_final.is_file() and sup_final.is_file()),
         Stage("convert", "MoCo and supervised backbones -> detectron2 weights", convert,
               lambda: (weights / "moco.pkl").is_file() and (weights / "supervised.pkl").is_file() and inits.is_file()),
         Stage("detect", f"detection tables {', '.join(tables)} (random / supervised / MoCo inits)",
-              lambda: [["run-all", "--tables", *tables, "--inits", str(inits), "--engine", engine,
-                        "--output", str(runs), "--data-root", str(data), "--parallel", str(cfg.DETECT_PARALLEL)]]),
+              lambda: [[run_all(inits, cfg.DETECT_PARALLEL)]]),
         Stage("collate", "tables with deltas vs supervised",
-              lambda: [["collate", str(runs), "--out", str(report), "--tables", *tables, "--inits", str(inits)]]),
+              lambda: [[["collate", str(runs), "--out", str(report), "--tables", *tables, "--inits", str(inits)]]]),
     ]
 
 
@@ -118,7 +130,7 @@ def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, s
         print(f"{head} (elapsed {format_seconds(time.perf_counter() - t0)}, "
               f"ETA {format_seconds(remaining)})", flush=True)
         ts = time.perf_counter()
-        _run_commands(stage, env)
+        _run_lanes(stage, env)
         took = time.perf_counter() - ts
         spent_expected += expected[stage.name]
         spent_measured += took
@@ -127,15 +139,22 @@ def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, s
     print(f"[demo] all stages done in {format_seconds(time.perf_counter() - t0)}", flush=True)
 
 
-def _run_commands(stage: Stage, env: dict[str, str]) -> None:
-    commands = [[sys.executable, "-m", "mocobench", *c] for c in stage.commands()]
-    groups = [commands] if stage.side_by_side else [[c] for c in commands]
-    for group in groups:
-        share = {} if len(group) == 1 else thread_env(len(group), env)
-        procs = [(c, subprocess.Popen(c, env={**env, **share})) for c in group]
-        failed = [c for c, p in procs if p.wait() != 0]
-        if failed:
-            raise UserError(f"stage '{stage.name}' failed: {' '.join(failed[0])} (run the demo again to resume)")
+def _run_lanes(stage: Stage, env: dict[str, str]) -> None:
+    lanes = [lane for lane in stage.lanes() if lane]
+    share = thread_env(len(lanes), env) if len(lanes) > 1 else {}
+    script = [[[sys.executable, "-m", "mocobench", *c] for c in lane] for lane in lanes]
+    with ThreadPoolExecutor(max_workers=max(1, len(script))) as pool:
+        failed = [f for f in pool.map(lambda lane: _run_lane(lane, {**env, **share}), script) if f]
+    if failed:
+        raise UserError(f"stage '{stage.name}' failed: {' '.join(failed[0])} (run the demo again to resume)")
+
+
+def _run_lane(lane: list[Command], env: dict[str, str]) -> Command | None:
+    """Run a lane's commands in turn; the first that fails, or None."""
+    for command in lane:
+        if subprocess.run(command, env=env).returncode != 0:
+            return command
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -154,6 +154,18 @@ def build_moco(cfg: CfgNode, shape: ResNetShape) -> MoCo:
     return MoCo(build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS), dim=c.DIM, K=c.K, m=c.M, T=c.T)
 
 
+@torch.no_grad()
+def key_similarity(queue: torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs of queued keys (self-pairs included), from
+    the norm of their mean in O(dK): |mean k|^2 = mean_ij k_i . k_j for unit keys.
+
+    Why log it: it is the collapse monitor. Near 1, every image gets the same embedding,
+    the logits become equal and the loss climbs to ln(1+K) whatever the instance accuracy
+    of a moment says; the demo's short CPU runs show exactly that (README, issue 4).
+    """
+    return float(queue.float().mean(dim=1).pow(2).sum())
+
+
 def instance_accuracy(logits: torch.Tensor) -> float:
     """Top-1 of the instance-discrimination task: how often the positive beats all K negatives."""
     return (logits.argmax(dim=1) == 0).float().mean().item()

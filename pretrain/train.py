@@ -23,7 +23,7 @@ from pretrain.augment import moco_transform
 from pretrain.config import resnet_shape
 from pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, user_errors_from_workers
 from pretrain.knn import evaluate as knn_evaluate
-from pretrain.moco import MoCo, build_moco, instance_accuracy
+from pretrain.moco import MoCo, build_moco, instance_accuracy, key_similarity
 from pretrain.schedule import learning_rate
 
 
@@ -139,7 +139,7 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
                     now = time.perf_counter()
                     speed = cfg.SOLVER.BATCH_SIZE * cfg.TRAIN.LOG_PERIOD / max(now - tick, 1e-9)
                     values = dict(epoch=epoch, loss=loss.item(), acc1=100 * instance_accuracy(logits),
-                                  lr=lr, images_per_s=speed)
+                                  key_cos=key_similarity(moco.queue), lr=lr, images_per_s=speed)
                     log.write(iter=iteration, **values)
                     progress.report(iteration, **values)
                     tick = now

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mocobench.resnet import ResNetShape
-from pretrain.moco import MoCo, QueueLogits, build_encoder
+from pretrain.moco import MoCo, QueueLogits, build_encoder, key_similarity
 from pretrain.shuffle_bn import SplitBatchNorm
 
 SHAPE = ResNetShape(50, 8, 16, 4)
@@ -112,3 +112,9 @@ def test_queue_logits_backward_uses_the_queue_as_it_was_before_the_enqueue():
     queue[:, 4:6] = 6.0
     with pytest.raises(RuntimeError, match="more than once"):
         out.sum().backward()
+
+
+def test_key_similarity_is_the_mean_pairwise_cosine():
+    keys = F.normalize(torch.randn(16, 40), dim=0)
+    assert abs(key_similarity(keys) - (keys.T @ keys).mean().item()) < 1e-6
+    assert abs(key_similarity(F.normalize(torch.ones(16, 40), dim=0)) - 1.0) < 1e-6  # collapsed
