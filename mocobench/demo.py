@@ -87,7 +87,7 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
         return [[pretrain] if not moco_final.is_file() else [],
                 ([supervised] if not sup_final.is_file() else []) + [run_all(random_inits)]]
 
-    def convert() -> list[list[str]]:
+    def convert() -> list[list[Command]]:
         write_text(inits, yaml.safe_dump({
             "random": {"weights": ""},
             "supervised": {"weights": str(weights / "supervised.pkl")},

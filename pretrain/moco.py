@@ -21,11 +21,6 @@ from mocobench import dist as mdist
 from mocobench.resnet import ResNetShape, build_resnet
 from pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
 
-# Elements per step of the CPU momentum update: the key chunk, the query chunk and the
-# scaled query (3 x 256 KiB) stay in a core's L2 between the passes; large enough that
-# torch still splits each pass over two threads.
-UPDATE_CHUNK = 1 << 16
-
 
 def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1) -> nn.Module:
     """A torchvision ResNet whose fc is the projection head (v1: fc to dim; v2: MLP).
@@ -82,7 +77,6 @@ class MoCo(nn.Module):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self._update_buffer: torch.Tensor | None = None
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -95,27 +89,11 @@ class MoCo(nn.Module):
             torch._foreach_mul_(keys, self.m)
             torch._foreach_add_(keys, torch._foreach_mul(queries, 1.0 - self.m))
         else:
-            self._momentum_update_blocked(keys, queries)
-
-    def _momentum_update_blocked(self, keys: list[torch.Tensor], queries: list[torch.Tensor]) -> None:
-        """The same two roundings per element as the GPU branch, done in cache-sized chunks.
-
-        On CPU the update is memory-bound: three whole-tensor passes (scale the key, scale
-        the query into a temporary, add) move each parameter through DRAM about seven times.
-        Chunk by chunk, the key and the scaled query stay in cache between the passes, so
-        each parameter crosses DRAM about three times (benchmarks/bench_pretrain.py).
-        """
-        chunk = UPDATE_CHUNK
-        largest = max(p.numel() for p in keys)
-        if self._update_buffer is None or self._update_buffer.numel() < min(chunk, largest):
-            self._update_buffer = torch.empty(min(chunk, largest), dtype=keys[0].dtype)
-        for pk, pq in zip(keys, queries):
-            flat_k, flat_q = pk.view(-1), pq.reshape(-1)
-            for s in range(0, flat_k.numel(), chunk):
-                k_part, q_part = flat_k[s:s + chunk], flat_q[s:s + chunk]
-                scaled = self._update_buffer[:k_part.numel()]
-                torch.mul(q_part, 1.0 - self.m, out=scaled)
-                k_part.mul_(self.m).add_(scaled)
+            # on CPU the foreach form is no faster and its temporaries for every parameter
+            # at once cost more; chunking for cache was no faster either (~15 ms at R50 on
+            # an idle 2-core machine: not memory-bound there) (README "Performance")
+            for pk, pq in zip(keys, queries):
+                pk.mul_(self.m).add_(pq * (1.0 - self.m))
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -134,11 +112,17 @@ class MoCo(nn.Module):
         As in the authors' builder, the momentum update runs here, before the keys are
         encoded, from the query parameters the previous optimizer step left.
         """
-        q = F.normalize(self.encoder_q(im_q), dim=1)
+        q = self.encoder_q(im_q)
         with torch.no_grad():
             self.momentum_update()
             shuffled, unshuffle = shuffle_batch(im_k)
-            k = unshuffle(F.normalize(self.encoder_k(shuffled), dim=1))
+            k = unshuffle(self.encoder_k(shuffled))
+        return self.contrast(q, k)
+
+    def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The InfoNCE logits of encoded queries and keys (both unnormalised), then the
+        enqueue: MoCo's own work after the encoders (the benchmark times it alone)."""
+        q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
         q = q / self.T  # scale the (N, d) queries, not the (N, 1+K) logits
         l_pos = (q * k).sum(dim=1, keepdim=True)
         start = int(self.queue_ptr)
