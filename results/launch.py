@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "run_all.log"
@@ -58,28 +58,35 @@ def launch_local(specs: Sequence[LaunchSpec], parallel: int = 1) -> dict[str, in
     parallel = max(1, min(parallel, len(specs) or 1))
     env = child_env(thread_env(parallel) if parallel > 1 else None)
     codes: dict[str, int] = {}
-    running: list[tuple[int, LaunchSpec, subprocess.Popen, object]] = []
+    running: list[tuple[int, LaunchSpec, subprocess.Popen, TextIO]] = []
     pending = list(enumerate(specs, 1))
 
-    def finish(entry: tuple[int, LaunchSpec, subprocess.Popen, object]) -> None:
+    def finish(entry: tuple[int, LaunchSpec, subprocess.Popen, TextIO]) -> None:
         i, spec, proc, log = entry
         codes[spec.name] = proc.wait()
         log.close()
         print(f"[{i}/{len(specs)}] {spec.name}: exit {codes[spec.name]}", flush=True)
 
-    while pending or running:
-        while pending and len(running) < parallel:
-            i, spec = pending.pop(0)
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            print(f"[{i}/{len(specs)}] {spec.name}: running (log: {spec.run_dir / LOG_FILE})", flush=True)
-            log = open(spec.run_dir / LOG_FILE, "a")
-            running.append((i, spec, subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        done = next((e for e in running if e[2].poll() is not None), None)
-        if done is None:
-            time.sleep(0.2)
-            continue
-        running.remove(done)
-        finish(done)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                i, spec = pending.pop(0)
+                spec.run_dir.mkdir(parents=True, exist_ok=True)
+                print(f"[{i}/{len(specs)}] {spec.name}: running (log: {spec.run_dir / LOG_FILE})", flush=True)
+                log = open(spec.run_dir / LOG_FILE, "a")
+                proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running.append((i, spec, proc, log))
+            done = next((e for e in running if e[2].poll() is not None), None)
+            if done is None:
+                time.sleep(0.2)
+                continue
+            running.remove(done)
+            finish(done)
+    finally:  # interrupted (Ctrl-C): stop the jobs still running; they resume on the next run
+        for _, _, proc, log in running:
+            proc.terminate()
+            proc.wait()
+            log.close()
     return codes
 
 
