@@ -17,6 +17,7 @@ def test_bench_pretrain_measures_its_ratios():
     cfg = bench_pretrain.scale_config("demo", SMALL_MOCO)
     result = bench_pretrain.measure_step(cfg, 1, torch.device("cpu"), label="demo")
     assert result.ours_over_alg1 > 0 and math.isfinite(result.overhead) and result.images_per_s > 0
+    assert result.own_ops > 0 and math.isfinite(result.own_ops)
 
 
 def test_bench_data_measures_loader_and_decoders(tmp_path):
