@@ -29,7 +29,7 @@ from mocobench import UserError
 from mocobench.atomic import write_text
 from mocobench.config import load_config, load_defaults
 from mocobench.progress import format_seconds
-from results.launch import thread_env
+from mocobench.threads import thread_env
 
 DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -1,4 +1,4 @@
-"""Run commands for jobs: in turn on this machine, under torchrun on one node, or on SLURM.
+"""Run commands for jobs: on this machine (in turn or N at a time), under torchrun on one node, or on SLURM.
 
 A launcher gets argv lists (``LaunchSpec``), not jobs, so what runs on a cluster is
 exactly what ``--dry-run`` prints, and the launchers can be exercised with any command.
@@ -13,7 +13,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, TextIO
+from typing import Sequence, TextIO
+
+from mocobench.threads import thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "run_all.log"
@@ -40,14 +42,6 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This checkout first on the path, so children import the same code as run_all."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
-
-
-def thread_env(parallel: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Threads per job when ``parallel`` jobs share this machine: its cores split evenly,
-    unless ``environ`` fixes OMP_NUM_THREADS (then each job gets that share of it)."""
-    cores = int(environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    threads = str(max(1, cores // parallel))
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def launch_local(specs: Sequence[LaunchSpec], parallel: int = 1) -> dict[str, int]:
