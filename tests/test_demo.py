@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from engine_fixtures import write_tiny_config as write_tiny_detection_config
 from pretrain_tiny import write_tiny_config as write_tiny_pretrain_config
 
