@@ -68,6 +68,7 @@ def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list,
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model as d2_build_model
     from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
 
     cfg = get_cfg()
     cfg.merge_from_file(str(CONFIG))
@@ -76,7 +77,13 @@ def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list,
     inputs = [{"image": im, "instances": Instances(tuple(im.shape[-2:]), gt_boxes=Boxes(t["boxes"]),
                                                    gt_classes=t["labels"] - 1, gt_masks=BitMasks(t["masks"].bool()))}
               for im, t in zip(images, targets)]
-    return _trainer(model, lambda: model(inputs))
+    storage = EventStorage(0)  # detectron2's losses log into the current event storage
+
+    def losses() -> dict:
+        with storage:
+            return model(inputs)
+
+    return _trainer(model, losses)
 
 
 def measure(size: int, n_images: int, repeats: int, device: torch.device, amp: bool = False,
