@@ -33,7 +33,7 @@ from fvcore.common.config import CfgNode
 
 from benchmarks import timing
 from pretrain.config import load_pretrain_config, resnet_shape
-from pretrain.moco import build_moco
+from pretrain.moco import MoCo, build_moco
 from pretrain.shuffle_bn import shuffle_batch
 from pretrain.train import make_optimizer, train_step
 
@@ -92,7 +92,7 @@ class BareEncoder:
         self.optimizer.step()
 
 
-def moco_operations(moco, im_k: torch.Tensor, autocast) -> Callable[[], None]:
+def moco_operations(moco: MoCo, im_k: torch.Tensor, autocast: Callable) -> Callable[[], None]:
     """MoCo's work besides the encoders, timed alone: momentum update, key shuffle and
     unshuffle, normalisation, logits against the queue, InfoNCE, its backward to q, the
     enqueue. The step-level overhead above is a difference of two ~equal times and

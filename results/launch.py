@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Sequence
 
 from mocobench.threads import thread_env
 
@@ -48,40 +48,22 @@ def launch_local(specs: Sequence[LaunchSpec], parallel: int = 1) -> dict[str, in
     """Up to ``parallel`` jobs at once on this machine, each on its share of the cores;
     output to <run_dir>/run_all.log. Why more than one: small jobs (the demo's, CPU test
     runs) use two threads poorly, so two one-thread jobs side by side finish sooner than
-    the same two in turn (measured in README "Performance")."""
+    the same two in turn (measured in README "Performance"). Ctrl-C reaches the jobs too
+    (same process group); each resumes on the next run."""
     parallel = max(1, min(parallel, len(specs) or 1))
     env = child_env(thread_env(parallel) if parallel > 1 else None)
-    codes: dict[str, int] = {}
-    running: list[tuple[int, LaunchSpec, subprocess.Popen, TextIO]] = []
-    pending = list(enumerate(specs, 1))
 
-    def finish(entry: tuple[int, LaunchSpec, subprocess.Popen, TextIO]) -> None:
-        i, spec, proc, log = entry
-        codes[spec.name] = proc.wait()
-        log.close()
-        print(f"[{i}/{len(specs)}] {spec.name}: exit {codes[spec.name]}", flush=True)
+    def run(numbered: tuple[int, LaunchSpec]) -> tuple[str, int]:
+        i, spec = numbered
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[{i}/{len(specs)}] {spec.name}: running (log: {spec.run_dir / LOG_FILE})", flush=True)
+        with open(spec.run_dir / LOG_FILE, "a") as log:
+            code = subprocess.run(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        print(f"[{i}/{len(specs)}] {spec.name}: exit {code}", flush=True)
+        return spec.name, code
 
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                i, spec = pending.pop(0)
-                spec.run_dir.mkdir(parents=True, exist_ok=True)
-                print(f"[{i}/{len(specs)}] {spec.name}: running (log: {spec.run_dir / LOG_FILE})", flush=True)
-                log = open(spec.run_dir / LOG_FILE, "a")
-                proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-                running.append((i, spec, proc, log))
-            done = next((e for e in running if e[2].poll() is not None), None)
-            if done is None:
-                time.sleep(0.2)
-                continue
-            running.remove(done)
-            finish(done)
-    finally:  # interrupted (Ctrl-C): stop the jobs still running; they resume on the next run
-        for _, _, proc, log in running:
-            proc.terminate()
-            proc.wait()
-            log.close()
-    return codes
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return dict(pool.map(run, enumerate(specs, 1)))
 
 
 @dataclass(frozen=True)
