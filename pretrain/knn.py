@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         trunk = checkpoint.backbone_state(args.weights)
         shape = checkpoint.infer_shape(trunk, args.weights)
-    net = build_resnet(shape)
+    # the random-init baseline starts where pretraining starts (same shape and init)
+    net = build_resnet(shape, zero_init_residual=args.random_init and cfg.MODEL.ZERO_INIT_RESIDUAL)
     if trunk is not None:
         try:
             load_trunk(net, trunk, args.weights)

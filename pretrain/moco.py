@@ -22,14 +22,15 @@ from mocobench.resnet import ResNetShape, build_resnet
 from pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
 
 
-def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1) -> nn.Module:
+def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1,
+                  zero_init_residual: bool = False) -> nn.Module:
     """A torchvision ResNet whose fc is the projection head (v1: fc to dim; v2: MLP).
 
     The head keeps the name ``fc`` (``fc.0``/``fc.2`` for the MLP), as in the authors'
     builder, so trunk parameters keep torchvision's names and tools strip ``fc`` alone.
     """
     norm = partial(SplitBatchNorm, groups=bn_groups) if bn_groups > 1 else None
-    net = build_resnet(shape, num_classes=dim, norm_layer=norm)
+    net = build_resnet(shape, num_classes=dim, norm_layer=norm, zero_init_residual=zero_init_residual)
     if mlp:
         hidden = net.fc.in_features
         net.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), net.fc)
@@ -77,6 +78,7 @@ class MoCo(nn.Module):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.batch_top1 = torch.tensor(float("nan"))  # batch_accuracy of the last contrast()
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -129,13 +131,16 @@ class MoCo(nn.Module):
         l_neg = QueueLogits.apply(q, self.queue, start, start + k.shape[0] * mdist.world_size())
         logits = torch.cat([l_pos, l_neg.to(l_pos.dtype)], dim=1)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        with torch.no_grad():
+            self.batch_top1 = batch_accuracy(q, k)
         self.enqueue(k)
         return logits, labels
 
 
 def build_moco(cfg: CfgNode, shape: ResNetShape) -> MoCo:
     c = cfg.MOCO
-    return MoCo(build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS), dim=c.DIM, K=c.K, m=c.M, T=c.T)
+    encoder = build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS, cfg.MODEL.ZERO_INIT_RESIDUAL)
+    return MoCo(encoder, dim=c.DIM, K=c.K, m=c.M, T=c.T)
 
 
 @torch.no_grad()
@@ -148,6 +153,18 @@ def key_similarity(queue: torch.Tensor) -> float:
     of a moment says; the demo's short CPU runs show exactly that (README, issue 4).
     """
     return float(queue.float().mean(dim=1).pow(2).sum())
+
+
+def batch_accuracy(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """How often a query's own key beats the other keys of the same batch.
+
+    Why besides ``instance_accuracy``: the queue holds keys of earlier steps, so when the
+    encoder drifts, a query can pick its positive out of the queue by recency alone (the
+    newest key wins) and the queue accuracy reads ~100% while nothing is learned. Keys of
+    one batch are all equally new, so only what the images show separates them.
+    """
+    sim = q.detach() @ k.T
+    return (sim.argmax(dim=1) == torch.arange(len(q), device=q.device)).float().mean()
 
 
 def instance_accuracy(logits: torch.Tensor) -> float:

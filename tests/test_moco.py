@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mocobench.resnet import ResNetShape
-from pretrain.moco import MoCo, QueueLogits, build_encoder, key_similarity
+from pretrain.moco import MoCo, QueueLogits, batch_accuracy, build_encoder, instance_accuracy, key_similarity
 from pretrain.shuffle_bn import SplitBatchNorm
 
 SHAPE = ResNetShape(50, 8, 16, 4)
@@ -116,3 +116,36 @@ def test_key_similarity_is_the_mean_pairwise_cosine():
     keys = F.normalize(torch.randn(16, 40), dim=0)
     assert abs(key_similarity(keys) - (keys.T @ keys).mean().item()) < 1e-6
     assert abs(key_similarity(F.normalize(torch.ones(16, 40), dim=0)) - 1.0) < 1e-6  # collapsed
+
+
+def test_batch_accuracy_sees_through_a_recency_shortcut():
+    """Queries and keys that share only a new common direction (the queue holds an old one):
+    the positive beats every queued key, yet it is no closer to its query than other keys."""
+    torch.manual_seed(0)
+    moco = tiny_moco(K=64, dim=16)
+    new, old = torch.eye(16)[0], torch.eye(16)[1]
+    moco.queue.copy_(F.normalize(old[:, None] + 0.1 * torch.randn(16, 64), dim=0))
+    q = new + 0.1 * torch.randn(32, 16)
+    k = new + 0.1 * torch.randn(32, 16)  # independent of q: nothing instance-specific
+    logits, _ = moco.contrast(q, k)
+    assert instance_accuracy(logits) == 1.0
+    assert moco.batch_top1.item() < 0.25
+    assert batch_accuracy(F.normalize(q, dim=1), F.normalize(q, dim=1)).item() == 1.0
+
+
+def test_zero_init_residual_config_starts_every_block_as_an_identity():
+    """The demo config's MODEL.ZERO_INIT_RESIDUAL reaches both encoders: each bottleneck's
+    last BN gamma is 0 (so is the momentum copy's), every other gamma 1."""
+    from pathlib import Path
+
+    from pretrain.config import load_pretrain_config, resnet_shape
+    from pretrain.moco import build_moco
+    demo = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "moco_v2_demo.yaml"
+    cfg = load_pretrain_config(demo, ["MOCO.K", "64"])
+    moco = build_moco(cfg, resnet_shape(cfg))
+    for encoder in (moco.encoder_q, moco.encoder_k):
+        last = [p for n, p in encoder.named_parameters() if n.endswith("bn3.weight")]
+        assert len(last) == 16 and all(torch.all(p == 0) for p in last)
+        assert torch.all(encoder.bn1.weight == 1)
+    plain = load_pretrain_config(demo, ["MOCO.K", "64", "MODEL.ZERO_INIT_RESIDUAL", "False"])
+    assert torch.all(build_moco(plain, resnet_shape(plain)).encoder_q.layer1[0].bn3.weight == 1)

@@ -52,7 +52,7 @@ def test_metrics_log_every_step_and_knn_monitor(pretrained):
     lines = [json.loads(x) for x in (ckpt.parent / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "loss" in x]
     assert [x["iter"] for x in steps] == [1, 2, 3, 4]
-    assert all({"epoch", "loss", "acc1", "key_cos", "lr", "images_per_s"} <= set(x) for x in steps)
+    assert all({"epoch", "loss", "acc1", "acc1_batch", "key_cos", "lr", "images_per_s"} <= set(x) for x in steps)
     assert any("top1@3" in x for x in lines)
 
 
