@@ -139,7 +139,8 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
                     now = time.perf_counter()
                     speed = cfg.SOLVER.BATCH_SIZE * cfg.TRAIN.LOG_PERIOD / max(now - tick, 1e-9)
                     values = dict(epoch=epoch, loss=loss.item(), acc1=100 * instance_accuracy(logits),
-                                  acc1_batch=100 * moco.batch_top1.item(), key_cos=key_similarity(moco.queue), lr=lr, images_per_s=speed)
+                                  acc1_batch=100 * moco.batch_top1.item(), key_cos=key_similarity(moco.queue),
+                                  lr=lr, images_per_s=speed)
                     log.write(iter=iteration, **values)
                     progress.report(iteration, **values)
                     tick = now
