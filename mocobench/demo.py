@@ -75,8 +75,8 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
     sup_final = sup / "model_final.pth"
 
     def run_all(inits_file: Path, parallel: int = 1) -> Command:
-        return ["run-all", "--tables", *tables, "--inits", str(inits_file), "--engine", engine,
-                "--output", str(runs), "--data-root", str(data), "--parallel", str(parallel)]
+        return ["run-all", "--tables", *tables, "--trials", str(cfg.TRIALS), "--inits", str(inits_file),
+                "--engine", engine, "--output", str(runs), "--data-root", str(data), "--parallel", str(parallel)]
 
     def backbones() -> list[list[Command]]:
         write_text(random_inits, yaml.safe_dump({"random": {"weights": ""}}))
@@ -107,7 +107,8 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
         Stage("detect", f"detection tables {', '.join(tables)} (random / supervised / MoCo inits)",
               lambda: [[run_all(inits, cfg.DETECT_PARALLEL)]]),
         Stage("collate", "tables with deltas vs supervised",
-              lambda: [[["collate", str(runs), "--out", str(report), "--tables", *tables, "--inits", str(inits)]]]),
+              lambda: [[["collate", str(runs), "--out", str(report), "--tables", *tables, "--trials", str(cfg.TRIALS),
+                          "--inits", str(inits)]]]),
     ]
 
 
@@ -164,8 +165,12 @@ def run(args: argparse.Namespace) -> int:
     threads = str(cfg.NUM_THREADS)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(CONFIGS.parent), os.environ.get("PYTHONPATH", "")]))}
+    if cfg.TRIALS < 1:
+        raise UserError(f"TRIALS must be >= 1, got {cfg.TRIALS}")
     stages = build_stages(cfg, out, args.engine)
-    run_stages(stages, dict(cfg.EXPECTED_SECONDS), env)
+    expected = dict(cfg.EXPECTED_SECONDS)
+    expected["detect"] *= cfg.TRIALS  # EXPECTED_SECONDS are for one trial
+    run_stages(stages, expected, env)
     report = out / "report"
     print()
     print((report / "report.md").read_text())

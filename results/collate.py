@@ -24,7 +24,7 @@ from results.format import html_report, markdown_table, table_cells
 from results.paper import paper_rows
 from results.plot import write_delta_plot
 from results.runs import collect_table_runs, init_names
-from results.tables import Table, load_inits, resolve_tables, table_files
+from results.tables import Table, add_trials_argument, load_inits, resolve_tables, table_files
 
 STAT_COLUMNS = ["table", "row", "source", "baseline", "metric", "n", "trials", "mean", "std", "delta"]
 
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md/.html, results.csv, PNGs")
     p.add_argument("--tables", nargs="+", metavar="TABLE",
                    help="table names or paths; default: every table with a folder under RUN_ROOT")
+    add_trials_argument(p)
     p.add_argument("--inits", metavar="FILE",
                    help="inits file: its names are the rows, in its order (missing ones show as —); "
                         "default: the init folders found under each table")
@@ -73,6 +74,7 @@ def with_deltas(stats: pd.DataFrame) -> pd.DataFrame:
 
 def table_stats(table: Table, run_root: Path, rows: Sequence[str]) -> pd.DataFrame:
     runs = collect_table_runs(run_root, table.name, table.metrics)
+    runs = runs[runs["seed"].isin(table.seeds)]  # the table's trials: seeds 0..TRIALS-1
     stats = pd.concat([measured_stats(table, runs, rows), published_stats(table)], ignore_index=True)
     stats = with_deltas(stats)
     stats.insert(0, "table", table.name)
@@ -86,11 +88,11 @@ def table_rows(table: Table, run_root: Path, inits: Sequence[str] | None) -> lis
     return list(dict.fromkeys([*table.cfg.INITS, *found]))
 
 
-def collate_tables(run_root: Path, names: Sequence[str] | None) -> list[Table]:
+def collate_tables(run_root: Path, names: Sequence[str] | None, trials: int | None = None) -> list[Table]:
     if names:
-        return resolve_tables(names)
+        return resolve_tables(names, trials=trials)
     present = {p.name for p in run_root.iterdir() if p.is_dir()} if run_root.is_dir() else set()
-    tables = [t for t in resolve_tables([p.stem for p in table_files()]) if t.name in present]
+    tables = [t for t in resolve_tables([p.stem for p in table_files()], trials=trials) if t.name in present]
     if not tables:
         raise UserError(f"{run_root}: no table folders (expected {run_root}/<table>/<init>/seed<k>/)")
     return tables
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     run_root, out = Path(args.run_root), Path(args.out)
     inits = list(load_inits(args.inits)) if args.inits else None
     sections, all_stats = [], []
-    for table in collate_tables(run_root, args.tables):
+    for table in collate_tables(run_root, args.tables, args.trials):
         stats = table_stats(table, run_root, table_rows(table, run_root, inits))
         cells = table_cells(table, stats)
         png = out / f"{table.name}.png"

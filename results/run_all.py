@@ -25,7 +25,7 @@ from results.jobs import DONE, Job, expand, reference_world_size, scaling_overri
 from results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
                             transfer_argv)
 from results.runs import read_metrics
-from results.tables import load_inits, resolve_tables
+from results.tables import add_trials_argument, load_inits, resolve_tables
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 NO_CONFIG = "no-config"
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="table names (configs/tables/<name>.yaml) or paths; default: every paper-scale table")
     p.add_argument("--inits", required=True, metavar="FILE",
                    help="YAML: init name -> {weights: converted .pkl (empty: random init), format: RGB|BGR}")
+    add_trials_argument(p)
     p.add_argument("--engine", default="torchvision", choices=("torchvision", "detectron2"),
                    help="detection engine passed to mocobench transfer (default: torchvision)")
     p.add_argument("--launcher", default="local", choices=LAUNCHERS,
@@ -99,7 +100,7 @@ def plan(job: Job, world: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    tables = resolve_tables(args.tables)
+    tables = resolve_tables(args.tables, trials=args.trials)
     inits = load_inits(args.inits)
     output = Path(args.output).resolve()
     world = world_size(args)

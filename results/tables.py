@@ -8,6 +8,8 @@ cluster allocation, not after it.
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import pickle
 from dataclasses import dataclass
@@ -61,9 +63,13 @@ def _defaults() -> CfgNode:
     return load_defaults(DEFAULTS_FILE)
 
 
-def load_table(path: str | os.PathLike) -> Table:
+def load_table(path: str | os.PathLike, trials: int | None = None) -> Table:
+    """``trials`` overrides the file's TRIALS (seeds 0..trials-1): fewer for a quick look,
+    more where one trial's noise would decide the comparison (the demo's short jobs)."""
     path = Path(path).resolve()
     cfg = load_config(_defaults(), path)
+    if trials is not None:
+        cfg.TRIALS = trials
     _validate(cfg, path)
     cfg.freeze()
     return Table(path.stem, path, cfg)
@@ -86,14 +92,20 @@ def _validate(cfg: CfgNode, path: Path) -> None:
                         f"({len(cfg.METRICS)}), got {len(cfg.PAPER.COLUMNS)}")
 
 
+def add_trials_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="trials (seeds 0..N-1) per init instead of each table's TRIALS")
+
+
 def table_files(directory: Path = TABLES_DIR) -> list[Path]:
     return sorted(directory.glob("*.yaml"))
 
 
-def resolve_tables(names: Sequence[str] | None, directory: Path = TABLES_DIR) -> list[Table]:
+def resolve_tables(names: Sequence[str] | None, directory: Path = TABLES_DIR,
+                   trials: int | None = None) -> list[Table]:
     """Tables by name (stem under ``directory``) or path; none named: every paper-scale table."""
     if not names:
-        tables = [load_table(p) for p in table_files(directory)]
+        tables = [load_table(p, trials) for p in table_files(directory)]
         return [t for t in tables if t.cfg.SCALE == "paper"]
     out = []
     for name in names:
@@ -103,7 +115,7 @@ def resolve_tables(names: Sequence[str] | None, directory: Path = TABLES_DIR) ->
         if not path.is_file():
             known = ", ".join(p.stem for p in table_files(directory))
             raise UserError(f"{name}: no such table (known: {known})")
-        out.append(load_table(path))
+        out.append(load_table(path, trials))
     return out
 
 

@@ -141,3 +141,12 @@ def test_metrics_json_fixture_matches_contract(tmp_path):
 
     assert read_metrics(tmp_path / "seed0", ["bbox/AP50"]) == data
     assert read_metrics(tmp_path / "seed0", ["segm/AP"]) is None
+
+
+def test_trials_option_collates_only_those_seeds(tmp_path, cli):
+    table, root, inits = make_fixture(tmp_path)
+    res = cli("collate", root, "--out", tmp_path / "r", "--tables", table, "--inits", inits, "--trials", "1")
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| random | 60.0 (-20.0) |" in md and "| supervised | 80.0 | 50.0 | 55.0 |" in md
+    assert "mean over 1 trial(s)" in md

@@ -246,3 +246,15 @@ def test_failed_jobs_are_named_and_set_the_exit_status(tmp_path):
     assert job["world_size"] == 1 and job["seed"] == 1 and job["init"] == "moco"
     assert job["scaling_overrides"][:4] == ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0025"]
     assert (out / "tiny" / "moco" / "seed1" / "run_all.log").stat().st_size > 0
+
+
+def test_trials_option_overrides_the_tables_trials(tmp_path):
+    inits = tmp_path / "inits.yaml"
+    inits.write_text("random: {}\nsupervised: {weights: s.pkl, format: RGB}\nmoco: {weights: m.pkl, format: RGB}\n")
+    res = run_all("--dry-run", "--tables", "demo_voc_R50_C4", "--trials", "2", "--inits", inits,
+                  "--output", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    listed = set(re.findall(r"^\S+ +(\S+/\S+/seed\d+)", res.stdout, re.M))
+    assert listed == {f"demo_voc_R50_C4/{i}/seed{k}" for i in ("random", "supervised", "moco") for k in (0, 1)}
+    bad = run_all("--dry-run", "--tables", "demo_voc_R50_C4", "--trials", "0", "--inits", inits)
+    assert bad.returncode != 0 and "TRIALS must be >= 1" in bad.stderr
