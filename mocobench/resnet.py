@@ -72,7 +72,7 @@ class ConfigurableResNet(ResNet):
 
     def __init__(self, shape: ResNetShape = ResNetShape(), num_classes: int = 1000,
                  norm_layer: Optional[NormFactory] = None, stride_in_1x1: bool = False,
-                 res5_dilation: int = 1, zero_init_residual: bool = False) -> None:
+                 res5_dilation: int = 1, residual_bn_gamma: float = 1.0) -> None:
         shape.validate()
         nn.Module.__init__(self)
         block = shape.block
@@ -108,21 +108,25 @@ class ConfigurableResNet(ResNet):
             for layer in (self.layer2, self.layer3, self.layer4):
                 b = layer[0]
                 b.conv1.stride, b.conv2.stride = b.conv2.stride, (1, 1)
-        self._init_weights(zero_init_residual)
+        self._init_weights(residual_bn_gamma)
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _init_weights(self, residual_bn_gamma: float) -> None:
+        """torchvision's init; ``residual_bn_gamma`` is the start of each block's last BN
+        scale (torchvision's zero_init_residual is 0): below 1, blocks start closer to
+        identities, which damps the batch-statistics noise that small BN batches on small
+        feature maps pile up through 16 bottlenecks (configs/pretrain/moco_v2_demo.yaml)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
-        if zero_init_residual:
+        if residual_bn_gamma != 1.0:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
-                    nn.init.constant_(m.bn3.weight, 0)
+                    nn.init.constant_(m.bn3.weight, residual_bn_gamma)
                 elif isinstance(m, BasicBlock):
-                    nn.init.constant_(m.bn2.weight, 0)
+                    nn.init.constant_(m.bn2.weight, residual_bn_gamma)
 
 
 def build_resnet(shape: ResNetShape = ResNetShape(), num_classes: int = 1000, **kwargs) -> ConfigurableResNet:

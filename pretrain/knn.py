@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "weights untouched (data: default, the baseline comparable to a trained "
                              "encoder, whose statistics come from images) or left at their (0, 1) "
                              "initial values (init: BN is then the identity in eval mode)")
+    parser.add_argument("--bn-from-data", action="store_true",
+                        help="with --weights: re-estimate BN running statistics on the train split "
+                             "instead of using the checkpoint's, as the random-init baseline does by "
+                             "default (like-for-like when pretraining saw other images or grey views)")
     parser.add_argument("--data", required=True, help="labelled root holding train/<class>/* and val/<class>/*")
     parser.add_argument("--config", help="pretrain-stage config (INPUT sizes, KNN.K/T, MODEL shape for "
                                          "--random-init; default: pretrain/defaults.yaml)")
@@ -95,18 +99,17 @@ def run(args: argparse.Namespace) -> int:
         trunk = checkpoint.backbone_state(args.weights)
         shape = checkpoint.infer_shape(trunk, args.weights)
     # the random-init baseline starts where pretraining starts (same shape and init)
-    net = build_resnet(shape, zero_init_residual=args.random_init and cfg.MODEL.ZERO_INIT_RESIDUAL)
+    net = build_resnet(shape, residual_bn_gamma=cfg.MODEL.RESIDUAL_BN_GAMMA if args.random_init else 1.0)
     if trunk is not None:
         try:
             load_trunk(net, trunk, args.weights)
         except ValueError as e:
             raise UserError(str(e)) from None
     device = mdist.init_from_env(cfg.TRAIN.DEVICE)
-    from_data = bool(args.random_init and args.random_bn == "data")
+    from_data = args.random_bn == "data" if args.random_init else args.bn_from_data
     result = evaluate(net.to(device), cfg, args.data, device, bn_stats_from_data=from_data)
     result.update(weights=args.weights or "random-init", resnet_shape=shape.as_dict())
-    if args.random_init:
-        result["bn_stats"] = args.random_bn
+    result["bn_stats"] = "data" if from_data else ("init" if args.random_init else "checkpoint")
     print(json.dumps(result, sort_keys=True))
     if args.output:
         write_json(Path(args.output), result)

@@ -23,14 +23,14 @@ from pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
 
 
 def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1,
-                  zero_init_residual: bool = False) -> nn.Module:
+                  residual_bn_gamma: float = 1.0) -> nn.Module:
     """A torchvision ResNet whose fc is the projection head (v1: fc to dim; v2: MLP).
 
     The head keeps the name ``fc`` (``fc.0``/``fc.2`` for the MLP), as in the authors'
     builder, so trunk parameters keep torchvision's names and tools strip ``fc`` alone.
     """
     norm = partial(SplitBatchNorm, groups=bn_groups) if bn_groups > 1 else None
-    net = build_resnet(shape, num_classes=dim, norm_layer=norm, zero_init_residual=zero_init_residual)
+    net = build_resnet(shape, num_classes=dim, norm_layer=norm, residual_bn_gamma=residual_bn_gamma)
     if mlp:
         hidden = net.fc.in_features
         net.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), net.fc)
@@ -139,7 +139,7 @@ class MoCo(nn.Module):
 
 def build_moco(cfg: CfgNode, shape: ResNetShape) -> MoCo:
     c = cfg.MOCO
-    encoder = build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS, cfg.MODEL.ZERO_INIT_RESIDUAL)
+    encoder = build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS, cfg.MODEL.RESIDUAL_BN_GAMMA)
     return MoCo(encoder, dim=c.DIM, K=c.K, m=c.M, T=c.T)
 
 

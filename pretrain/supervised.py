@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
     _, classes = labelled_split(cfg.DATA.PATH, "train")
     torch.manual_seed(cfg.TRAIN.SEED)
-    net = build_resnet(resnet_shape(cfg), num_classes=len(classes), zero_init_residual=cfg.MODEL.ZERO_INIT_RESIDUAL)
+    net = build_resnet(resnet_shape(cfg), num_classes=len(classes), residual_bn_gamma=cfg.MODEL.RESIDUAL_BN_GAMMA)
     try:
         device = mdist.init_from_env(cfg.TRAIN.DEVICE)
         if mdist.world_size() > 1 and device.type == "cuda":

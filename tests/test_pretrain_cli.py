@@ -62,6 +62,9 @@ def test_knn_reads_our_checkpoint_and_random_init(pretrained, capsys, tmp_path):
                  "KNN.K", "[3]", "INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "36", "DATA.NUM_WORKERS", "0"]) == 0
     result = json.loads((tmp_path / "knn.json").read_text())
     assert 0 <= result["top1@3"] <= 100 and result["resnet_shape"]["res2_out_channels"] == 16
+    assert result["bn_stats"] == "checkpoint"
+    assert main(["knn", "--weights", str(ckpt), "--bn-from-data", "--data", str(labelled), *TINY]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bn_stats"] == "data"
     assert main(["knn", "--random-init", "--data", str(labelled), *TINY]) == 0
     assert "random-init" in capsys.readouterr().out
 
