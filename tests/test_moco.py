@@ -135,7 +135,7 @@ def test_batch_accuracy_sees_through_a_recency_shortcut():
 
 def test_residual_bn_gamma_config_reaches_both_encoders():
     """The demo config's MODEL.RESIDUAL_BN_GAMMA: each bottleneck's last BN gamma starts at
-    0.2 (so does the momentum copy's), every other gamma at 1."""
+    0.5 (so does the momentum copy's), every other gamma at 1."""
     from pathlib import Path
 
     from pretrain.config import load_pretrain_config, resnet_shape
@@ -145,7 +145,7 @@ def test_residual_bn_gamma_config_reaches_both_encoders():
     moco = build_moco(cfg, resnet_shape(cfg))
     for encoder in (moco.encoder_q, moco.encoder_k):
         last = [p for n, p in encoder.named_parameters() if n.endswith("bn3.weight")]
-        assert len(last) == 16 and all(torch.all(p == 0.2) for p in last)
+        assert len(last) == 16 and all(torch.all(p == 0.5) for p in last)
         assert torch.all(encoder.bn1.weight == 1)
     plain = load_pretrain_config(demo, ["MOCO.K", "64", "MODEL.RESIDUAL_BN_GAMMA", "1.0"])
     assert torch.all(build_moco(plain, resnet_shape(plain)).encoder_q.layer1[0].bn3.weight == 1)
