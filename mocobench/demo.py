@@ -15,6 +15,8 @@ short job's AP50 moves by several points from seed to seed.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -28,13 +30,17 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from mocobench import UserError
-from mocobench.atomic import write_text
+from mocobench.atomic import write_json, write_text
 from mocobench.config import load_config, load_defaults
 from mocobench.progress import format_seconds
 from mocobench.threads import thread_env
 
 DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STAMP_FILE = "demo.json"  # in the output folder: the settings its results were made with
+# settings that change what the stages produce (threads, ETA seconds and TRIALS do not:
+# more trials only add seeds)
+RESULT_KEYS = ("SEED", "DATA_SCALE", "PRETRAIN_CONFIG", "SUPERVISED_CONFIG", "TABLES")
 
 
 Command = list[str]
@@ -120,6 +126,35 @@ def _pretrain_epochs(cfg: CfgNode) -> int:
     return int(load_pretrain_config(_config_path(cfg.PRETRAIN_CONFIG)).SOLVER.EPOCHS)
 
 
+def fingerprint(cfg: CfgNode) -> dict[str, str]:
+    """The demo settings that shape its results, and digests of the two backbone configs as
+    resolved (their _BASE_ chains and the defaults included), so an edit anywhere counts."""
+    from pretrain.config import load_pretrain_config
+
+    out = {k: json.dumps(cfg[k]) for k in RESULT_KEYS}
+    for key in ("PRETRAIN_CONFIG", "SUPERVISED_CONFIG"):
+        resolved = load_pretrain_config(_config_path(cfg[key])).dump()
+        out[f"{key} (resolved)"] = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    return out
+
+
+def claim_output_dir(out: Path, stamp: dict[str, str]) -> None:
+    """Resume only into a folder made with the same settings. The stages skip what is on
+    disk, so a rerun after a config edit would otherwise reuse the old backbones silently."""
+    path = out / STAMP_FILE
+    if not path.is_file():
+        write_json(path, stamp)
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path}: not valid JSON; delete it to claim the folder again") from None
+    changed = sorted(k for k in stamp if old.get(k) != stamp[k])
+    if changed:
+        raise UserError(f"{path}: this folder holds a demo made with other settings ({', '.join(changed)}); "
+                        "use another --output-dir, or delete the folder to start over")
+
+
 def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, str]) -> None:
     t0 = time.perf_counter()
     ratio = 1.0  # measured / expected time of the stages that ran here
@@ -169,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(CONFIGS.parent), os.environ.get("PYTHONPATH", "")]))}
     if cfg.TRIALS < 1:
         raise UserError(f"TRIALS must be >= 1, got {cfg.TRIALS}")
+    claim_output_dir(out, fingerprint(cfg))
     stages = build_stages(cfg, out, args.engine)
     expected = dict(cfg.EXPECTED_SECONDS)
     expected["detect"] *= cfg.TRIALS  # EXPECTED_SECONDS are for one trial

@@ -75,3 +75,26 @@ def test_demo_killed_during_detection_resumes_without_redoing_finished_work(tmp_
     report = (out / "report" / "report.md").read_text()
     assert "tiny demo table" in report and "moco" in report and "random" in report
     assert "tiny demo table" in text  # the tables are printed
+
+
+def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
+    """The stages skip what is on disk, so resuming after a settings or config edit would
+    reuse stale backbones: the demo refuses, naming the stamp file and what changed."""
+    from mocobench.cli import main
+    from mocobench.config import load_config, load_defaults
+    from mocobench.demo import DEFAULTS_FILE, STAMP_FILE, claim_output_dir, fingerprint
+
+    config = tiny_demo_config(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = load_config(load_defaults(DEFAULTS_FILE), config, [])
+    claim_output_dir(out, fingerprint(cfg))
+    claim_output_dir(out, fingerprint(cfg))  # the same settings: fine
+    assert main(["demo", "--output-dir", str(out), "--config", str(config), "SEED", "1"]) == 2
+    err = capsys.readouterr().err
+    assert STAMP_FILE in err and "(SEED)" in err
+    pretrain = Path(cfg.PRETRAIN_CONFIG)
+    pretrain.write_text(pretrain.read_text() + "SOLVER: {BASE_LR: 0.5}\n")  # an edit inside the config
+    assert main(["demo", "--output-dir", str(out), "--config", str(config)]) == 2
+    assert "PRETRAIN_CONFIG (resolved)" in capsys.readouterr().err
+    assert not (out / "data").exists()  # refused before any stage ran
