@@ -121,12 +121,11 @@ class ConfigurableResNet(ResNet):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
-        if residual_bn_gamma != 1.0:
-            for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.constant_(m.bn3.weight, residual_bn_gamma)
-                elif isinstance(m, BasicBlock):
-                    nn.init.constant_(m.bn2.weight, residual_bn_gamma)
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.constant_(m.bn3.weight, residual_bn_gamma)
+            elif isinstance(m, BasicBlock):
+                nn.init.constant_(m.bn2.weight, residual_bn_gamma)
 
 
 def build_resnet(shape: ResNetShape = ResNetShape(), num_classes: int = 1000, **kwargs) -> ConfigurableResNet:

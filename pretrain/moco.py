@@ -78,7 +78,7 @@ class MoCo(nn.Module):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self.batch_top1 = torch.tensor(float("nan"))  # batch_accuracy of the last contrast()
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (q, k) of the last contrast()
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -121,6 +121,13 @@ class MoCo(nn.Module):
             k = unshuffle(self.encoder_k(shuffled))
         return self.contrast(q, k)
 
+    @property
+    def batch_top1(self) -> torch.Tensor:
+        """``batch_accuracy`` of the last step's queries and keys (NaN before any step)."""
+        if self._last_batch is None:
+            return torch.tensor(float("nan"))
+        return batch_accuracy(*self._last_batch)
+
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The InfoNCE logits of encoded queries and keys (both unnormalised), then the
         enqueue: MoCo's own work after the encoders (the benchmark times it alone)."""
@@ -131,8 +138,7 @@ class MoCo(nn.Module):
         l_neg = QueueLogits.apply(q, self.queue, start, start + k.shape[0] * mdist.world_size())
         logits = torch.cat([l_pos, l_neg.to(l_pos.dtype)], dim=1)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        with torch.no_grad():
-            self.batch_top1 = batch_accuracy(q, k)
+        self._last_batch = (q.detach(), k)  # kept, not scored: batch_top1 is read once per log period
         self.enqueue(k)
         return logits, labels
 
@@ -150,7 +156,7 @@ def key_similarity(queue: torch.Tensor) -> float:
 
     Why log it: it is the collapse monitor. Near 1, every image gets the same embedding,
     the logits become equal and the loss climbs to ln(1+K) whatever the instance accuracy
-    of a moment says; the demo's short CPU runs show exactly that (README, issue 4).
+    of a moment says; the paper's recipe at demo scale did exactly that (README, issue 4).
     """
     return float(queue.float().mean(dim=1).pow(2).sum())
 
