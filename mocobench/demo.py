@@ -127,15 +127,24 @@ def _pretrain_epochs(cfg: CfgNode) -> int:
 
 
 def fingerprint(cfg: CfgNode) -> dict[str, str]:
-    """The demo settings that shape its results, and digests of the two backbone configs as
-    resolved (their _BASE_ chains and the defaults included), so an edit anywhere counts."""
+    """The demo settings that shape its results, and digests of the backbone and detection
+    configs as resolved (their _BASE_ chains and the defaults included), so an edit anywhere
+    counts: run-all skips a finished run whatever its config now says."""
     from pretrain.config import load_pretrain_config
+    from results.tables import resolve_tables
+    from transfer.config import load_detection_config
 
     out = {k: json.dumps(cfg[k]) for k in RESULT_KEYS}
     for key in ("PRETRAIN_CONFIG", "SUPERVISED_CONFIG"):
-        resolved = load_pretrain_config(_config_path(cfg[key])).dump()
-        out[f"{key} (resolved)"] = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+        out[f"{key} (resolved)"] = _digest(load_pretrain_config(_config_path(cfg[key])).dump())
+    for table in resolve_tables(list(cfg.TABLES)):
+        for path in table.config_paths():
+            out[f"{table.path.stem}: {path.name} (resolved)"] = _digest(load_detection_config(path).dump())
     return out
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def claim_output_dir(out: Path, stamp: dict[str, str]) -> None:

@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
+from mocobench import UserError
 from engine_fixtures import write_tiny_config as write_tiny_detection_config
 from pretrain_tiny import write_tiny_config as write_tiny_pretrain_config
 
@@ -97,4 +99,11 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     pretrain.write_text(pretrain.read_text() + "SOLVER: {BASE_LR: 0.5}\n")  # an edit inside the config
     assert main(["demo", "--output-dir", str(out), "--config", str(config)]) == 2
     assert "PRETRAIN_CONFIG (resolved)" in capsys.readouterr().err
+    detection = tmp_path / "detect.yaml"  # an edit inside a table's detection config counts too
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    claim_output_dir(fresh, fingerprint(cfg))
+    detection.write_text(detection.read_text().replace("MAX_ITER: 4", "MAX_ITER: 5"))
+    with pytest.raises(UserError, match=r"table: detect.yaml \(resolved\)"):
+        claim_output_dir(fresh, fingerprint(cfg))
     assert not (out / "data").exists()  # refused before any stage ran
