@@ -164,12 +164,32 @@ def claim_output_dir(out: Path, stamp: dict[str, str]) -> None:
                         "use another --output-dir, or delete the folder to start over")
 
 
+class Eta:
+    """Seconds left, from each stage's typical time scaled by how fast this machine ran the
+    stages so far. A stage done in under RESUMED_FRACTION of its typical time was mostly
+    resumed from disk: it says nothing about the machine's speed, so it does not rescale
+    (else a resumed demo would predict seconds for minutes of work)."""
+    RESUMED_FRACTION = 0.5
+
+    def __init__(self, expected: dict[str, float]):
+        self.expected = expected
+        self.spent_expected = self.spent_measured = 0.0
+
+    def remaining(self, names: list[str]) -> float:
+        ratio = self.spent_measured / self.spent_expected if self.spent_expected else 1.0
+        return sum(self.expected[n] for n in names) * ratio
+
+    def record(self, name: str, took: float) -> None:
+        if took >= self.RESUMED_FRACTION * self.expected[name]:
+            self.spent_expected += self.expected[name]
+            self.spent_measured += took
+
+
 def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, str]) -> None:
     t0 = time.perf_counter()
-    ratio = 1.0  # measured / expected time of the stages that ran here
-    spent_expected = spent_measured = 0.0
+    eta = Eta(expected)
     for i, stage in enumerate(stages, 1):
-        remaining = sum(expected[s.name] for s in stages[i - 1:]) * ratio
+        remaining = eta.remaining([s.name for s in stages[i - 1:]])
         head = f"[demo {i}/{len(stages)}] {stage.name}: {stage.title}"
         if stage.done():
             print(f"{head} -- already done, skipped", flush=True)
@@ -179,9 +199,7 @@ def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, s
         ts = time.perf_counter()
         _run_lanes(stage, env)
         took = time.perf_counter() - ts
-        spent_expected += expected[stage.name]
-        spent_measured += took
-        ratio = spent_measured / spent_expected
+        eta.record(stage.name, took)
         print(f"[demo {i}/{len(stages)}] {stage.name} finished in {format_seconds(took)}", flush=True)
     print(f"[demo] all stages done in {format_seconds(time.perf_counter() - t0)}", flush=True)
 

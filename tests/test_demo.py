@@ -107,3 +107,14 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     with pytest.raises(UserError, match=r"table: detect.yaml \(resolved\)"):
         claim_output_dir(fresh, fingerprint(cfg))
     assert not (out / "data").exists()  # refused before any stage ran
+
+
+def test_eta_scales_by_measured_speed_but_not_by_resumed_stages():
+    from mocobench.demo import Eta
+
+    eta = Eta({"data": 10.0, "backbones": 100.0, "detect": 50.0})
+    assert eta.remaining(["data", "backbones", "detect"]) == 160.0
+    eta.record("data", 0.2)  # found on disk: no measure of speed
+    assert eta.remaining(["backbones", "detect"]) == 150.0
+    eta.record("backbones", 200.0)  # this machine runs at half the typical speed
+    assert eta.remaining(["detect"]) == 100.0
