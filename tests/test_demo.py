@@ -99,6 +99,7 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     pretrain.write_text(pretrain.read_text() + "SOLVER: {BASE_LR: 0.5}\n")  # an edit inside the config
     assert main(["demo", "--output-dir", str(out), "--config", str(config)]) == 2
     assert "PRETRAIN_CONFIG (resolved)" in capsys.readouterr().err
+    assert not (out / "data").exists()  # refused before any stage ran
     detection = tmp_path / "detect.yaml"  # an edit inside a table's detection config counts too
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -106,7 +107,6 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     detection.write_text(detection.read_text().replace("MAX_ITER: 4", "MAX_ITER: 5"))
     with pytest.raises(UserError, match=r"table: detect.yaml \(resolved\)"):
         claim_output_dir(fresh, fingerprint(cfg))
-    assert not (out / "data").exists()  # refused before any stage ran
 
 
 def test_eta_scales_by_measured_speed_but_not_by_resumed_stages():
