@@ -25,12 +25,12 @@ from torchvision.io import decode_jpeg, read_file
 
 from benchmarks import timing
 from benchmarks.bench_pretrain import scale_config
-from pretrain.augment import moco_transform
-from pretrain.config import resnet_shape
-from pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, read_rgb
-from pretrain.moco import build_moco
-from pretrain.train import make_optimizer, train_step
-from transfer.datasets.synth import write_synthetic
+from mocobench.pretrain.augment import moco_transform
+from mocobench.pretrain.config import resnet_shape
+from mocobench.pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, read_rgb
+from mocobench.pretrain.moco import build_moco
+from mocobench.pretrain.train import make_optimizer, train_step
+from mocobench.transfer.datasets.synth import write_synthetic
 
 
 def measure(image_dir: Path, batches: int, repeats: int, overrides: tuple[str, ...] = ()) -> dict[str, float]:

@@ -24,10 +24,11 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from benchmarks import timing
-from transfer.config import load_detection_config
-from transfer.engines.torchvision.build import build_model
+from mocobench.resources import config_path
+from mocobench.transfer.config import load_detection_config
+from mocobench.transfer.engines.torchvision.build import build_model
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "detection" / "coco_R_50_FPN_1x_rgb.yaml"
+CONFIG = config_path("detection/coco_R_50_FPN_1x_rgb.yaml")
 STOCK_NORMS = ("MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "", "MODEL.ROI_BOX_HEAD.NORM", "",
                "MODEL.ROI_MASK_HEAD.NORM", "")
 SPEED_TARGET = 0.95

@@ -20,8 +20,8 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from benchmarks import timing
-from transfer.evaluation.coco import evaluate_coco
-from transfer.evaluation.voc import IOU_THRESHOLDS, evaluate_voc, voc_ap
+from mocobench.transfer.evaluation.coco import evaluate_coco
+from mocobench.transfer.evaluation.voc import IOU_THRESHOLDS, evaluate_voc, voc_ap
 
 CLASSES = [f"class{i}" for i in range(20)]
 SPEEDUP_TARGET = 5.0

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 
 from benchmarks import timing
-from pretrain.config import load_pretrain_config, resnet_shape
-from pretrain.moco import MoCo, build_moco
-from pretrain.shuffle_bn import shuffle_batch
-from pretrain.train import make_optimizer, train_step
+from mocobench.resources import config_path
+from mocobench.pretrain.config import load_pretrain_config, resnet_shape
+from mocobench.pretrain.moco import MoCo, build_moco
+from mocobench.pretrain.shuffle_bn import shuffle_batch
+from mocobench.pretrain.train import make_optimizer, train_step
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+CONFIGS = config_path("pretrain")
 # The R50 layout: full width, 96-pixel crops, batch 32, the paper's K.
 R50_OVERRIDES = ("INPUT.CROP_SIZE", "96", "SOLVER.BATCH_SIZE", "32", "MOCO.K", "65536")
 OVERHEAD_TARGETS = {"R50": 0.03, "demo": 0.10}

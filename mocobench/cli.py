@@ -16,18 +16,18 @@ from mocobench import UserError, __version__
 
 # name -> (module providing add_arguments/run, one-line help). Order = order of the flow.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
-    "pretrain": ("pretrain.cli", "MoCo v1/v2 self-supervised pretraining -> checkpoint (MoCo repo layout)"),
-    "knn": ("pretrain.knn", "weighted kNN top-1 of frozen features (monitor self-supervised encoders)"),
-    "lincls": ("pretrain.lincls", "linear classification protocol on a frozen pretrained trunk"),
-    "supervised": ("pretrain.supervised", "train the same ResNet with labels -> torchvision .pth (supervised init)"),
-    "convert": ("transfer.convert_cli", "convert a backbone checkpoint to detectron2 weights (.pkl)"),
-    "evaluate": ("transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
-    "transfer": ("transfer.job", "run a Faster/Mask R-CNN job (config + init weights + seed) into a run dir"),
-    "run-all": ("results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
-    "collate": ("results.collate", "run folders -> paper-format tables (md/csv/html/png) with deltas vs supervised"),
-    "audit": ("results.audit", "is a candidate's delta over a baseline better, worse or within noise?"),
-    "demo": ("mocobench.demo", "the whole flow end to end at demo scale on the CPU: data -> pretrain -> convert -> detect -> tables"),
+    "data": ("mocobench.transfer.datasets.cli", "write synthetic datasets in real VOC/COCO/ImageFolder layouts"),
+    "pretrain": ("mocobench.pretrain.cli", "MoCo v1/v2 self-supervised pretraining -> checkpoint (MoCo repo layout)"),
+    "knn": ("mocobench.pretrain.knn", "weighted kNN top-1 of frozen features (monitor self-supervised encoders)"),
+    "lincls": ("mocobench.pretrain.lincls", "linear classification protocol on a frozen pretrained trunk"),
+    "supervised": ("mocobench.pretrain.supervised", "train the same ResNet with labels -> torchvision .pth (supervised init)"),
+    "convert": ("mocobench.transfer.convert_cli", "convert a backbone checkpoint to detectron2 weights (.pkl)"),
+    "evaluate": ("mocobench.transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
+    "transfer": ("mocobench.transfer.cli", "run a Faster/Mask R-CNN job (config + init weights + seed) into a run dir"),
+    "run-all": ("mocobench.results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
+    "collate": ("mocobench.results.collate", "run folders -> paper-format tables (md/csv/html/png) with deltas vs supervised"),
+    "audit": ("mocobench.results.audit", "is a candidate's delta over a baseline better, worse or within noise?"),
+    "demo": ("mocobench.results.demo", "the whole flow end to end at demo scale on the CPU: data -> pretrain -> convert -> detect -> tables"),
 }
 
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, asdict
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
 
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from mocobench import UserError
+
+D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.")  # a detectron2 block parameter: stage, index
 BLOCKS_PER_STAGE = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
@@ -164,3 +168,35 @@ def d2_to_tv(name: str) -> Optional[str]:
     name = name.replace("shortcut.norm.", "downsample.1.").replace("shortcut.", "downsample.0.")
     name = re.sub(r"\bconv([1-3])\.norm\.", r"bn\1.", name)
     return name
+
+
+def infer_shape(path: str | Path, model: Mapping[str, Any]) -> ResNetShape:
+    """Depth and width from detectron2-named arrays (or tensors); blocks that are absent show up
+    later as missing keys."""
+    if "stem.conv1.weight" not in model or "res2.0.conv1.weight" not in model:
+        raise UserError(f"{path}: not a ResNet: no stem.conv1.weight / res2.0.conv1.weight "
+                        f"(layer1.0.conv1.weight in torchvision names)")
+    bottleneck = "res2.0.conv3.weight" in model
+    counts = [0, 0, 0, 0]
+    for name in model:
+        m = D2_BLOCK.match(name)
+        if m:
+            stage = int(m.group(1)) - 2
+            counts[stage] = max(counts[stage], int(m.group(2)) + 1)
+    depths = [d for d, c in BLOCKS_PER_STAGE.items() if (d not in (18, 34)) == bottleneck
+              and all(have <= want for have, want in zip(counts, c))]
+    if not depths:
+        raise UserError(f"{path}: blocks per stage {tuple(counts)} fit no ResNet depth "
+                        f"({', '.join(f'R{d} {c}' for d, c in BLOCKS_PER_STAGE.items())})")
+    stem = model["stem.conv1.weight"].shape[0]
+    conv1 = model["res2.0.conv1.weight"].shape
+    if bottleneck:
+        width, groups = conv1[0], conv1[0] // model["res2.0.conv2.weight"].shape[1]
+        shape = ResNetShape(min(depths), stem, model["res2.0.conv3.weight"].shape[0], width // groups, groups)
+    else:
+        shape = ResNetShape(min(depths), stem, conv1[0], conv1[0], 1)
+    try:
+        shape.validate()
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    return shape

@@ -20,11 +20,12 @@ from torch.utils.data import SequentialSampler
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import write_json, write_text
+from mocobench.checkpoints import last_checkpoint, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
-from pretrain import checkpoint
-from pretrain.augment import classify_train_transform, eval_transform
-from pretrain.data import ImageDataset, ResumableSampler, labelled_split, make_loader, user_errors_from_workers
-from pretrain.schedule import learning_rate
+from mocobench.pretrain import checkpoint
+from mocobench.pretrain.augment import classify_train_transform, eval_transform
+from mocobench.pretrain.data import ImageDataset, ResumableSampler, labelled_split, make_loader, user_errors_from_workers
+from mocobench.pretrain.schedule import learning_rate
 
 
 @torch.no_grad()
@@ -64,9 +65,9 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     optimizer = torch.optim.SGD(params, lr=learning_rate(cfg, 0), momentum=cfg.SOLVER.MOMENTUM,
                                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     epoch = iteration = 0
-    last = checkpoint.latest(out_dir) if resume else None
+    last = last_checkpoint(out_dir) if resume else None
     if last is not None:
-        state = checkpoint.load(last)
+        state = read_checkpoint(last)
         net.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, iteration = state["epoch"], state["iteration"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench import dist as mdist
-from pretrain.config import load_pretrain_config
-from pretrain.train import pretrain
+from mocobench.pretrain.config import load_pretrain_config
+from mocobench.pretrain.train import pretrain
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:

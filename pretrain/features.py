@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from torchvision.models.resnet import ResNet
 
-from pretrain.data import user_errors_from_workers
+from mocobench.pretrain.data import user_errors_from_workers
 
 
 def pooled_features(net: ResNet, x: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,11 @@ from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import write_json
 from mocobench.resnet import build_resnet
-from pretrain import checkpoint
-from pretrain.augment import eval_transform
-from pretrain.config import load_pretrain_config, resnet_shape
-from pretrain.data import ImageDataset, labelled_split, make_loader
-from pretrain.features import estimate_bn_stats, extract, load_trunk
+from mocobench.pretrain import checkpoint
+from mocobench.pretrain.augment import eval_transform
+from mocobench.pretrain.config import load_pretrain_config, resnet_shape
+from mocobench.pretrain.data import ImageDataset, labelled_split, make_loader
+from mocobench.pretrain.features import estimate_bn_stats, extract, load_trunk
 
 
 def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         shape, trunk = resnet_shape(cfg), None
     else:
         trunk = checkpoint.backbone_state(args.weights)
-        shape = checkpoint.infer_shape(trunk, args.weights)
+        shape = checkpoint.trunk_shape(trunk, args.weights)
     # the random-init baseline starts where pretraining starts (same shape and init)
     net = build_resnet(shape, residual_bn_gamma=cfg.MODEL.RESIDUAL_BN_GAMMA if args.random_init else 1.0)
     if trunk is not None:

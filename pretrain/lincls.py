@@ -19,11 +19,11 @@ import torch
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.resnet import build_resnet
-from pretrain import checkpoint
-from pretrain.classifier import train_classifier
-from pretrain.cli import add_run_arguments, config_from_args
-from pretrain.data import labelled_split
-from pretrain.features import load_trunk
+from mocobench.pretrain import checkpoint
+from mocobench.pretrain.classifier import train_classifier
+from mocobench.pretrain.cli import add_run_arguments, config_from_args
+from mocobench.pretrain.data import labelled_split
+from mocobench.pretrain.features import load_trunk
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
     trunk = checkpoint.backbone_state(args.weights)
-    shape = checkpoint.infer_shape(trunk, args.weights)
+    shape = checkpoint.trunk_shape(trunk, args.weights)
     _, classes = labelled_split(cfg.DATA.PATH, "train")
     torch.manual_seed(cfg.TRAIN.SEED)
     net = build_resnet(shape, num_classes=len(classes))

@@ -19,7 +19,7 @@ from fvcore.common.config import CfgNode
 
 from mocobench import dist as mdist
 from mocobench.resnet import ResNetShape, build_resnet
-from pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
+from mocobench.pretrain.shuffle_bn import SplitBatchNorm, gather_batches, shuffle_batch
 
 
 def build_encoder(shape: ResNetShape, dim: int, mlp: bool, bn_groups: int = 1,

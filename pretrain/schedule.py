@@ -7,7 +7,7 @@ import math
 
 from fvcore.common.config import CfgNode
 
-from pretrain.config import scaled_lr
+from mocobench.pretrain.config import scaled_lr
 
 
 def learning_rate(cfg: CfgNode, epoch: int) -> float:

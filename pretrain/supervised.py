@@ -18,10 +18,10 @@ import torch
 from mocobench import dist as mdist
 from mocobench.atomic import torch_save
 from mocobench.resnet import build_resnet
-from pretrain.classifier import train_classifier
-from pretrain.cli import add_run_arguments, config_from_args
-from pretrain.config import resnet_shape
-from pretrain.data import labelled_split
+from mocobench.pretrain.classifier import train_classifier
+from mocobench.pretrain.cli import add_run_arguments, config_from_args
+from mocobench.pretrain.config import resnet_shape
+from mocobench.pretrain.data import labelled_split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

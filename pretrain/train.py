@@ -17,14 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from mocobench import UserError, __version__
 from mocobench import dist as mdist
 from mocobench.atomic import write_text
+from mocobench.checkpoints import last_checkpoint, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
-from pretrain import checkpoint
-from pretrain.augment import moco_transform
-from pretrain.config import resnet_shape
-from pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, user_errors_from_workers
-from pretrain.knn import evaluate as knn_evaluate
-from pretrain.moco import MoCo, build_moco, instance_accuracy, key_similarity
-from pretrain.schedule import learning_rate
+from mocobench.pretrain import checkpoint
+from mocobench.pretrain.augment import moco_transform
+from mocobench.pretrain.config import resnet_shape
+from mocobench.pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, user_errors_from_workers
+from mocobench.pretrain.knn import evaluate as knn_evaluate
+from mocobench.pretrain.moco import MoCo, build_moco, instance_accuracy, key_similarity
+from mocobench.pretrain.schedule import learning_rate
 
 
 def check_batch(cfg: CfgNode, world: int) -> int:
@@ -96,9 +97,9 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
     total = iters_per_epoch * cfg.SOLVER.EPOCHS
 
     epoch, position, iteration = 0, 0, 0
-    last = checkpoint.latest(out_dir) if resume else None
+    last = last_checkpoint(out_dir) if resume else None
     if last is not None:
-        state = checkpoint.load(last)
+        state = read_checkpoint(last)
         moco.load_state_dict({k.removeprefix("module."): v for k, v in state["state_dict"].items()})
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -26,8 +26,8 @@ import pandas as pd
 
 from mocobench import UserError
 from mocobench.atomic import write_text
-from results.runs import collect_runs
-from results.stats import DeltaCI, paired_ci, welch_ci
+from mocobench.results.runs import collect_runs
+from mocobench.results.stats import DeltaCI, paired_ci, welch_ci
 
 DEFAULT_METRICS = [f"{task}/{key}" for task in ("bbox", "segm") for key in ("AP", "AP50", "AP75")]
 TOO_FEW = "too few trials"

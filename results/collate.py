@@ -20,11 +20,11 @@ import pandas as pd
 
 from mocobench import UserError
 from mocobench.atomic import write_text
-from results.format import html_report, markdown_table, table_cells
-from results.paper import paper_rows
-from results.plot import write_delta_plot
-from results.runs import collect_table_runs, init_names
-from results.tables import Table, add_trials_argument, load_inits, resolve_tables, table_files
+from mocobench.results.format import html_report, markdown_table, table_cells
+from mocobench.results.paper import paper_rows
+from mocobench.results.plot import write_delta_plot
+from mocobench.results.runs import collect_table_runs, init_names
+from mocobench.results.tables import Table, add_trials_argument, load_inits, resolve_tables, table_files
 
 STAT_COLUMNS = ["table", "row", "source", "baseline", "metric", "n", "trials", "mean", "std", "delta"]
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from results.tables import Table
+from mocobench.results.tables import Table
 
 MISSING = "—"
 CSS = """

@@ -17,7 +17,6 @@ from typing import Sequence
 
 from mocobench.threads import thread_env
 
-ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "run_all.log"
 
 
@@ -39,9 +38,8 @@ def torchrun_argv(nproc: int, args: Sequence[str]) -> list[str]:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This checkout first on the path, so children import the same code as run_all."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+    """The children run ``sys.executable -m mocobench``: the installed package run_all came from."""
+    return {**os.environ, **(extra or {})}
 
 
 def launch_local(specs: Sequence[LaunchSpec], parallel: int = 1) -> dict[str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from mocobench import UserError
-from results.tables import Table
+from mocobench.results.tables import Table
 
 PAPER_DIR = Path(__file__).with_name("paper")
 

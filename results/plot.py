@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from mocobench.atomic import atomic_write
-from results.format import column_names
-from results.tables import Table
+from mocobench.results.format import column_names
+from mocobench.results.tables import Table
 
 
 def write_delta_plot(table: Table, stats: pd.DataFrame, path: Path) -> None:

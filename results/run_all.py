@@ -21,11 +21,11 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_json
-from results.jobs import DONE, Job, expand, reference_world_size, scaling_overrides
-from results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
+from mocobench.results.plan import DONE, PlannedRun, expand, reference_world_size, scaling_overrides
+from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
                             transfer_argv)
-from results.runs import read_metrics
-from results.tables import add_trials_argument, load_inits, resolve_tables
+from mocobench.results.runs import read_metrics
+from mocobench.results.tables import add_trials_argument, load_inits, resolve_tables
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 NO_CONFIG = "no-config"
@@ -82,14 +82,14 @@ def gpus_per_node(args: argparse.Namespace) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def plan(job: Job, world: int) -> str:
+def plan(job: PlannedRun, world: int) -> str:
     """The job's state; for one to run, sets the overrides that scale it to this world size."""
     if not job.config.is_file():
         return NO_CONFIG
     state = job.state
     if state == DONE:
         return state
-    from transfer.config import load_detection_config
+    from mocobench.transfer.config import load_detection_config
 
     cfg = load_detection_config(job.config)
     try:
@@ -149,7 +149,7 @@ def launch(args: argparse.Namespace, specs: list[LaunchSpec], output: Path, worl
     return launch_local(specs, args.parallel)
 
 
-def job_record(job: Job, spec: LaunchSpec, args: argparse.Namespace, world: int) -> dict:
+def job_record(job: PlannedRun, spec: LaunchSpec, args: argparse.Namespace, world: int) -> dict:
     """job.json: what ran in this folder and how it was scaled, for whoever reads the result."""
     return {"table": job.table.name, "table_file": str(job.table.path), "init": job.init.name,
             "weights": str(job.init.weights) if job.init.weights else None, "format": job.init.format,

@@ -22,9 +22,10 @@ from fvcore.common.config import CfgNode
 
 from mocobench import UserError
 from mocobench.config import check_keys, load_config, load_defaults
+from mocobench.resources import config_path
 
 DEFAULTS_FILE = Path(__file__).with_name("table_defaults.yaml")
-TABLES_DIR = Path(__file__).resolve().parents[1] / "configs" / "tables"
+TABLES_DIR = config_path("tables")
 FORMATS = ("RGB", "BGR")
 SCALES = ("paper", "demo")
 

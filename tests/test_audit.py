@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mocobench.atomic import write_json
-from results.stats import paired_ci, t_cdf, t_ppf, welch_ci
+from mocobench.results.stats import paired_ci, t_cdf, t_ppf, welch_ci
 
 BASE_AP50 = [80.1, 80.9, 80.4, 81.2, 80.6]
 BASE_AP = [52.0, 52.6, 51.7, 52.9, 52.2]

@@ -7,7 +7,7 @@ import math
 import torch
 
 from benchmarks import bench_data, bench_detect, bench_eval, bench_pretrain
-from transfer.datasets.synth import write_synthetic
+from mocobench.transfer.datasets.synth import write_synthetic
 
 SMALL_MOCO = ("MODEL.STEM_OUT_CHANNELS", "8", "MODEL.RES2_OUT_CHANNELS", "16", "MODEL.WIDTH_PER_GROUP", "4",
               "MOCO.K", "32", "SOLVER.BATCH_SIZE", "8", "INPUT.CROP_SIZE", "32", "MOCO.SPLIT_BN_GROUPS", "2")

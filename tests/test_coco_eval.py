@@ -11,8 +11,8 @@ from pycocotools import mask as mask_util
 
 from detection_fixtures import write_coco
 from mocobench import UserError
-from transfer.datasets.catalog import get_dataset
-from transfer.evaluation import evaluate
+from mocobench.transfer.datasets.catalog import get_dataset
+from mocobench.transfer.evaluation import evaluate
 
 
 def square(x, y, s):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from mocobench.atomic import write_json
-from results.format import cell
-from results.tables import resolve_tables, table_files
+from mocobench.results.format import cell
+from mocobench.results.tables import resolve_tables, table_files
 
 TABLE = """
 TITLE: "Test VOC table"
@@ -110,7 +110,7 @@ def test_cell_forms():
 
 
 def test_paper_tables_load_and_name_their_paper_rows():
-    from results.paper import paper_rows
+    from mocobench.results.paper import paper_rows
 
     tables = resolve_tables([p.stem for p in table_files()])
     assert {t.name for t in tables} >= {"voc_R50_DC5_24k", "voc_R50_C4_24k", "voc07_R50_C4_9k",
@@ -137,7 +137,7 @@ def test_unknown_table_key_names_key_and_file(tmp_path, cli):
 def test_metrics_json_fixture_matches_contract(tmp_path):
     write_run(tmp_path / "seed0", 0, 1.0, 2.0, 3.0)
     data = json.loads((tmp_path / "seed0" / "metrics.json").read_text())
-    from results.runs import read_metrics
+    from mocobench.results.runs import read_metrics
 
     assert read_metrics(tmp_path / "seed0", ["bbox/AP50"]) == data
     assert read_metrics(tmp_path / "seed0", ["segm/AP"]) is None

@@ -2,7 +2,7 @@ import pytest
 
 from mocobench.config import ConfigError, differing_keys
 from moco_configs import write_moco_voc_configs
-from transfer.config import detection_defaults, load_detection_config
+from mocobench.transfer.config import detection_defaults, load_detection_config
 
 
 def write(path, text):

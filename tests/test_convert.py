@@ -14,7 +14,7 @@ import torchvision
 from mocobench import UserError
 from mocobench.atomic import write_pickle
 from mocobench.resnet import ResNetShape, build_resnet
-from transfer.convert import BGR_CAFFE, RGB_IMAGENET, convert_checkpoint, load_detectron2_weights, load_into_trunk
+from mocobench.transfer.convert import BGR_CAFFE, RGB_IMAGENET, convert_checkpoint, load_detectron2_weights, load_into_trunk
 
 torch.set_num_threads(1)
 

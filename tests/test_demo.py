@@ -43,7 +43,7 @@ def tiny_demo_config(tmp: Path) -> Path:
 
 
 def demo(config: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ}
     return subprocess.Popen([sys.executable, "-m", "mocobench", "demo", "--output-dir", str(out), "--config",
                              str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
@@ -84,7 +84,7 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     reuse stale backbones: the demo refuses, naming the stamp file and what changed."""
     from mocobench.cli import main
     from mocobench.config import load_config, load_defaults
-    from mocobench.demo import DEFAULTS_FILE, STAMP_FILE, claim_output_dir, fingerprint
+    from mocobench.results.demo import DEFAULTS_FILE, STAMP_FILE, claim_output_dir, fingerprint
 
     config = tiny_demo_config(tmp_path)
     out = tmp_path / "out"
@@ -110,7 +110,7 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
 
 
 def test_eta_scales_by_measured_speed_but_not_by_resumed_stages():
-    from mocobench.demo import Eta
+    from mocobench.results.demo import Eta
 
     eta = Eta({"data": 10.0, "backbones": 100.0, "detect": 50.0})
     assert eta.remaining(["data", "backbones", "detect"]) == 160.0

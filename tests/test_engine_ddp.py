@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from conftest import ROOT
 from engine_fixtures import DEMO, TINY
-from transfer.datasets.synth import write_synthetic
+from mocobench.transfer.datasets.synth import write_synthetic
 
 
 def _free_port() -> int:
@@ -29,7 +29,7 @@ def _sync_bn_worker(rank: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    from transfer.engines.torchvision.norm import SyncBatchNorm2d
+    from mocobench.transfer.engines.torchvision.norm import SyncBatchNorm2d
 
     torch.manual_seed(0)
     data = torch.randn(2, 6, 4, 5, 5) * torch.arange(1, 5).view(1, 1, 4, 1, 1)
@@ -63,7 +63,7 @@ def test_two_process_job_under_torchrun(tmp_path):
     data = tmp_path / "tiny"
     write_synthetic(data, seed=0, scale="tiny")
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
            "-m", "mocobench", "transfer", "--config", str(DEMO / "demo_coco_FPN_mask.yaml"), "--output-dir", str(out),
            "--data-root", str(data), "--seed", "3", *TINY, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "0"]

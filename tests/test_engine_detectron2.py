@@ -28,8 +28,8 @@ def test_engine_detectron2_without_it_says_how_to_install(cli, tmp_path):
 
 
 def d2_model(config, overrides=()):
-    from transfer.engines.detectron2.config import load_d2_config
-    from transfer.engines.detectron2.trainer import Trainer
+    from mocobench.transfer.engines.detectron2.config import load_d2_config
+    from mocobench.transfer.engines.detectron2.trainer import Trainer
 
     cfg = load_d2_config(str(config), [*TINY, *overrides, "MODEL.DEVICE", "cpu"])
     return Trainer.build_model(cfg), cfg
@@ -42,10 +42,10 @@ def test_converted_pkl_loads_into_both_engines(tmp_path, config):
 
     from mocobench.atomic import write_pickle
     from mocobench.resnet import ResNetShape, build_resnet
-    from transfer.config import load_detection_config
-    from transfer.convert import convert_checkpoint
-    from transfer.engines.torchvision.build import build_model
-    from transfer.engines.torchvision.weights import BackboneInit
+    from mocobench.transfer.config import load_detection_config
+    from mocobench.transfer.convert import convert_checkpoint
+    from mocobench.transfer.engines.torchvision.build import build_model
+    from mocobench.transfer.engines.torchvision.weights import BackboneInit
 
     torch.manual_seed(0)
     trunk = build_resnet(ResNetShape(50, 8, 16, 4))  # the TINY width
@@ -73,9 +73,9 @@ def test_converted_pkl_loads_into_both_engines(tmp_path, config):
 @pytest.mark.parametrize("config", [C4, DC5, FPN], ids=["C4", "DC5", "FPN"])
 def test_export_names_every_tensor_of_the_detectron2_model(config):
     """Name-for-name and shape-for-shape, nothing left over (num_batches_tracked aside)."""
-    from transfer.config import load_detection_config
-    from transfer.engines.export import export_to_detectron2
-    from transfer.engines.torchvision.build import build_model
+    from mocobench.transfer.config import load_detection_config
+    from mocobench.transfer.engines.export import export_to_detectron2
+    from mocobench.transfer.engines.torchvision.build import build_model
 
     tv_cfg = load_detection_config(config, TINY)
     state = build_model(tv_cfg).state_dict()
@@ -111,9 +111,9 @@ def test_voc_evaluator_equals_detectron2s(tmp_path):
     from detectron2.structures import Boxes, Instances
 
     from detection_fixtures import random_voc
-    from transfer.datasets.catalog import get_dataset
-    from transfer.engines.detectron2.datasets import register_datasets
-    from transfer.evaluation import evaluate
+    from mocobench.transfer.datasets.catalog import get_dataset
+    from mocobench.transfer.engines.detectron2.datasets import register_datasets
+    from mocobench.transfer.evaluation import evaluate
 
     classes = ["cat", "dog", "boat", "tree"]
     random_voc(tmp_path, 2007, "test", classes, n_images=40, seed=3)
@@ -145,7 +145,7 @@ def test_torchvision_trained_model_scores_alike_in_detectron2(cli, tmp_path):
     """Train with the torchvision engine (tiny width), evaluate its model_final.pth with detectron2
     (exported to detectron2's names by --engine detectron2 --eval-only) on the synthetic VOC
     test split: AP50 within 1.0 of the torchvision engine's own evaluation."""
-    from transfer.datasets.synth import write_synthetic
+    from mocobench.transfer.datasets.synth import write_synthetic
 
     data = tmp_path / "data"
     write_synthetic(data, 0, "tiny")

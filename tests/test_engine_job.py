@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 from engine_fixtures import DEMO, TINY
-from transfer.datasets.synth import write_synthetic
+from mocobench.transfer.datasets.synth import write_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_sigkill_then_resume_matches_uninterrupted(cli, tmp_path, data):
     opts = ("SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "(6,)", "SOLVER.CHECKPOINT_PERIOD", "3")
     full = transfer(cli, "demo_voc_C4", tmp_path / "full", data, opts=opts)
     assert full.returncode == 0, full.stderr
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "mocobench", "transfer", "--config", str(DEMO / "demo_voc_C4.yaml"),
             "--output-dir", str(tmp_path / "cut"), "--data-root", str(data), "--seed", "1", *TINY, *opts]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,10 +9,10 @@ import torch
 from engine_fixtures import DEMO, TINY
 from moco_configs import write_moco_voc_configs
 from mocobench import UserError
-from transfer.config import detection_defaults, load_detection_config
-from transfer.engines.torchvision.build import build_model
-from transfer.engines.torchvision.norm import SyncBatchNorm2d
-from transfer.engines.torchvision.supported import check_supported
+from mocobench.transfer.config import detection_defaults, load_detection_config
+from mocobench.transfer.engines.torchvision.build import build_model
+from mocobench.transfer.engines.torchvision.norm import SyncBatchNorm2d
+from mocobench.transfer.engines.torchvision.supported import check_supported
 
 ARCHS = ["demo_voc_C4", "demo_voc_DC5", "demo_coco_FPN_mask", "demo_coco_C4_mask"]
 

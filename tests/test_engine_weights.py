@@ -10,11 +10,11 @@ from engine_fixtures import DEMO, ROOT, TINY
 from mocobench import UserError
 from mocobench.atomic import write_pickle
 from mocobench.resnet import ResNetShape, build_resnet
-from transfer.config import load_detection_config
-from transfer.convert import convert_checkpoint
-from transfer.datasets.synth import write_synthetic
-from transfer.engines.torchvision.build import build_model
-from transfer.engines.torchvision.weights import BackboneInit
+from mocobench.transfer.config import load_detection_config
+from mocobench.transfer.convert import convert_checkpoint
+from mocobench.transfer.datasets.synth import write_synthetic
+from mocobench.transfer.engines.torchvision.build import build_model
+from mocobench.transfer.engines.torchvision.weights import BackboneInit
 
 CONFIGS = ROOT / "configs" / "detection"
 

@@ -9,7 +9,7 @@ import pytest
 
 from detection_fixtures import random_voc
 from test_voc import CLASSES, ground_truth_detections
-from transfer.datasets.catalog import get_dataset
+from mocobench.transfer.datasets.catalog import get_dataset
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mocobench.resnet import ResNetShape
-from pretrain.moco import MoCo, QueueLogits, batch_accuracy, build_encoder, instance_accuracy, key_similarity
-from pretrain.shuffle_bn import SplitBatchNorm
+from mocobench.pretrain.moco import MoCo, QueueLogits, batch_accuracy, build_encoder, instance_accuracy, key_similarity
+from mocobench.pretrain.shuffle_bn import SplitBatchNorm
 
 SHAPE = ResNetShape(50, 8, 16, 4)
 
@@ -138,8 +138,8 @@ def test_residual_bn_gamma_config_reaches_both_encoders():
     0.5 (so does the momentum copy's), every other gamma at 1."""
     from pathlib import Path
 
-    from pretrain.config import load_pretrain_config, resnet_shape
-    from pretrain.moco import build_moco
+    from mocobench.pretrain.config import load_pretrain_config, resnet_shape
+    from mocobench.pretrain.moco import build_moco
     demo = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "moco_v2_demo.yaml"
     cfg = load_pretrain_config(demo, ["MOCO.K", "64"])
     moco = build_moco(cfg, resnet_shape(cfg))

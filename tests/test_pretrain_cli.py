@@ -117,7 +117,7 @@ def test_random_init_bn_statistics_come_from_the_train_split(pretrained, capsys)
     leaves them at (0, 1); the two baselines differ and each says which it is."""
     from torch.utils.data import DataLoader
 
-    from pretrain.features import estimate_bn_stats
+    from mocobench.pretrain.features import estimate_bn_stats
 
     net = build_resnet(ResNetShape(50, 8, 16, 4)).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}

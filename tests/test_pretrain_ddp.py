@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mocobench.resnet import ResNetShape
-from pretrain.moco import build_encoder
-from pretrain.shuffle_bn import gather_batches, shuffle_batch
+from mocobench.pretrain.moco import build_encoder
+from mocobench.pretrain.shuffle_bn import gather_batches, shuffle_batch
 from pretrain_tiny import ROOT, write_images, write_tiny_config
 
 
@@ -54,7 +54,7 @@ def test_two_process_training_runs(tmp_path):
     write_images(data, 16, seed=0)
     config = write_tiny_config(tmp_path / "tiny.yaml")
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "mocobench", "pretrain", "--config", str(config), "--data", str(data), "--output-dir", str(out),

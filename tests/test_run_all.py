@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from mocobench.atomic import write_json
-from results.jobs import scaling_overrides
-from results.launch import ClusterParams, LaunchSpec, launch_local, launch_submitit
-from results.runs import read_metrics
-from results.tables import FORMATS, load_inits, resolve_tables, table_files
-from transfer.config import load_detection_config
+from mocobench.results.plan import scaling_overrides
+from mocobench.results.launch import ClusterParams, LaunchSpec, launch_local, launch_submitit
+from mocobench.results.runs import read_metrics
+from mocobench.results.tables import FORMATS, load_inits, resolve_tables, table_files
+from mocobench.transfer.config import load_detection_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.sh"
@@ -195,14 +195,14 @@ def real_engine_or_skip() -> None:
 
     if "transfer" not in SUBCOMMANDS:
         pytest.skip("mocobench transfer is not registered yet (engine branch not merged)")
-    pytest.importorskip("transfer.datasets.synth")
+    pytest.importorskip("mocobench.transfer.datasets.synth")
 
 
 @pytest.mark.slow
 def test_table_killed_halfway_reruns_only_unfinished_jobs(tmp_path):
     real_engine_or_skip()
     from engine_fixtures import write_tiny_config
-    from transfer.datasets.synth import write_synthetic
+    from mocobench.transfer.datasets.synth import write_synthetic
 
     data = tmp_path / "data"
     write_synthetic(data, 0, "tiny")

@@ -12,8 +12,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mocobench import UserError
-from transfer.datasets.synth import MARKER, write_synthetic
-from transfer.datasets.synth_scales import SCALES_FILE, load_synth_spec
+from mocobench.transfer.datasets.synth import MARKER, write_synthetic
+from mocobench.transfer.datasets.synth_scales import SCALES_FILE, load_synth_spec
 
 # pycocotools' Cython decode (annToMask) warns under numpy 2; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

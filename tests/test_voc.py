@@ -11,9 +11,9 @@ import pytest
 
 from detection_fixtures import random_voc, write_voc
 from mocobench import UserError
-from transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
-from transfer.datasets.voc import VOC_CLASSES
-from transfer.evaluation import evaluate
+from mocobench.transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
+from mocobench.transfer.datasets.voc import VOC_CLASSES
+from mocobench.transfer.evaluation import evaluate
 
 CLASSES = ("cat", "dog", "car", "person")
 
@@ -271,7 +271,7 @@ def test_bad_detections_are_named(tmp_path, change, message):
 
 def test_synthetic_voc_test_split_matches_devkit_reference(tmp_path):
     """The issue's check on the suite's own data: the synthetic VOC2007 test split."""
-    from transfer.datasets.synth import write_synthetic
+    from mocobench.transfer.datasets.synth import write_synthetic
 
     write_synthetic(tmp_path, 0, "tiny")
     records, meta = get_dataset("voc_2007_test", tmp_path)

@@ -22,26 +22,20 @@ import torch
 import torch.nn as nn
 
 from mocobench import UserError
-from mocobench.resnet import BLOCKS_PER_STAGE, ResNetShape, build_resnet, d2_to_tv, tv_to_d2
-from transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
-from transfer.checkpoint_file import read_checkpoint
+from mocobench.resnet import D2_BLOCK, ResNetShape, build_resnet, d2_to_tv, infer_shape, tv_to_d2
+from mocobench.transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
+from mocobench.checkpoints import is_moco, read_checkpoint, trunk_weights, weights_dict
+from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, MOCO_QUERY_PREFIX, RGB_IMAGENET
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("moco", "torchvision", "detectron2")
 AUTHOR = "mocobench"
 META_KEY = "__mocobench__"
-MOCO_PREFIX = "module.encoder_q."
-# The two input conventions ResNet weights come in (detectron2's PIXEL_MEAN/STD, FORMAT).
-RGB_IMAGENET = {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-                "pixel_std": [58.395, 57.12, 57.375], "stride_in_1x1": False}
-BGR_CAFFE = {"input_format": "BGR", "pixel_mean": [103.530, 116.280, 123.675],
-             "pixel_std": [1.0, 1.0, 1.0], "stride_in_1x1": True}
 # __author__ values of detectron2 files converted from torchvision-trained weights
 # (the MoCo authors' converter, detectron2's convert-torchvision-to-d2.py).
 RGB_AUTHORS = {"MOCO", "torchvision", AUTHOR}
 SHAPE_KEYS = tuple(ResNetShape().as_dict())
-_D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.")
 
 
 @dataclass
@@ -76,7 +70,7 @@ def convert_checkpoint(path: str | Path, fmt: str = "auto") -> Converted:
     if fmt == "detectron2":
         model, dropped, conventions = _from_detectron2(path, obj, notes)
     else:
-        trunk, ignored = _moco_query(obj) if fmt == "moco" else (_torchvision_state(obj), [])
+        trunk, ignored = trunk_weights(obj)
         model, dropped = _rename(trunk, tv_to_d2)
         dropped += ignored
         conventions = {"source_format": fmt, **RGB_IMAGENET}
@@ -109,43 +103,18 @@ def load_detectron2_weights(path: str | Path) -> tuple[dict[str, np.ndarray], di
 
 def detect_format(path: Path, obj: Mapping) -> str:
     """Which of FORMATS ``obj`` is, from its layout and parameter names."""
-    state = obj.get("state_dict")
-    if isinstance(state, Mapping) and any(str(k).startswith(MOCO_PREFIX) for k in state):
+    if is_moco(obj):
         return "moco"
     if "blobs" in obj:
         return "detectron2"
-    names = [_strip_module(str(k)) for k in _weights_dict(obj)]
-    if any(n.startswith("stem.") or _D2_BLOCK.match(n) for n in names) or looks_like_caffe2(names):
+    names = [str(k).removeprefix(DDP_PREFIX) for k in weights_dict(obj)]
+    if any(n.startswith("stem.") or D2_BLOCK.match(n) for n in names) or looks_like_caffe2(names):
         return "detectron2"
     if "conv1.weight" in names or any(n.startswith("layer1.") for n in names):
         return "torchvision"
     shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
-    raise UserError(f"{path}: not a ResNet checkpoint: no MoCo (state_dict/{MOCO_PREFIX}*), torchvision "
+    raise UserError(f"{path}: not a ResNet checkpoint: no MoCo (state_dict/{MOCO_QUERY_PREFIX}*), torchvision "
                     f"(conv1.weight, layer1.*) or detectron2 (stem.*, res2.*) keys; found: {shown or 'none'}")
-
-
-def _weights_dict(obj: Mapping) -> Mapping:
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj.get(wrapper), Mapping):
-            return obj[wrapper]
-    return obj
-
-
-def _strip_module(name: str) -> str:
-    """DistributedDataParallel saves parameters under 'module.'."""
-    return name[len("module."):] if name.startswith("module.") else name
-
-
-def _moco_query(obj: Mapping) -> tuple[dict, list[str]]:
-    """The query encoder's trunk, and the keys ignored (key encoder, queue)."""
-    state = obj["state_dict"]
-    query = {k[len(MOCO_PREFIX):]: v for k, v in state.items() if k.startswith(MOCO_PREFIX)}
-    ignored = [k for k in state if not k.startswith(MOCO_PREFIX)]
-    return query, ignored
-
-
-def _torchvision_state(obj: Mapping) -> dict:
-    return {_strip_module(str(k)): v for k, v in _weights_dict(obj).items()}
 
 
 def _rename(weights: Mapping, rename: Callable[[str], Optional[str]]) -> tuple[dict, list[str]]:
@@ -161,7 +130,7 @@ def _rename(weights: Mapping, rename: Callable[[str], Optional[str]]) -> tuple[d
 
 
 def _from_detectron2(path: Path, obj: Mapping, notes: list[str]) -> tuple[dict, list[str], dict]:
-    weights = obj["blobs"] if "blobs" in obj else _weights_dict(obj)
+    weights = obj["blobs"] if "blobs" in obj else weights_dict(obj)
     names = [str(k) for k in weights]
     if looks_like_caffe2(names):
         model, dropped = _rename(weights, caffe2_to_d2)
@@ -212,37 +181,6 @@ def _as_array(path: Path, name: str, value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     raise UserError(f"{path}: {name} is a {type(value).__name__}, not an array")
-
-
-def infer_shape(path: Path, model: Mapping[str, np.ndarray]) -> ResNetShape:
-    """Depth and width from the arrays; blocks that are absent show up later as missing keys."""
-    if "stem.conv1.weight" not in model or "res2.0.conv1.weight" not in model:
-        raise UserError(f"{path}: not a ResNet: no stem.conv1.weight / res2.0.conv1.weight "
-                        f"(layer1.0.conv1.weight in torchvision names)")
-    bottleneck = "res2.0.conv3.weight" in model
-    counts = [0, 0, 0, 0]
-    for name in model:
-        m = _D2_BLOCK.match(name)
-        if m:
-            stage = int(m.group(1)) - 2
-            counts[stage] = max(counts[stage], int(m.group(2)) + 1)
-    depths = [d for d, c in BLOCKS_PER_STAGE.items() if (d not in (18, 34)) == bottleneck
-              and all(have <= want for have, want in zip(counts, c))]
-    if not depths:
-        raise UserError(f"{path}: blocks per stage {tuple(counts)} fit no ResNet depth "
-                        f"({', '.join(f'R{d} {c}' for d, c in BLOCKS_PER_STAGE.items())})")
-    stem = model["stem.conv1.weight"].shape[0]
-    conv1 = model["res2.0.conv1.weight"].shape
-    if bottleneck:
-        width, groups = conv1[0], conv1[0] // model["res2.0.conv2.weight"].shape[1]
-        shape = ResNetShape(min(depths), stem, model["res2.0.conv3.weight"].shape[0], width // groups, groups)
-    else:
-        shape = ResNetShape(min(depths), stem, conv1[0], conv1[0], 1)
-    try:
-        shape.validate()
-    except ValueError as e:
-        raise UserError(f"{path}: {e}") from None
-    return shape
 
 
 def expected_shapes(shape: ResNetShape) -> dict[str, tuple]:

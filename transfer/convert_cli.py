@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_pickle
-from transfer.convert import FORMATS, convert_checkpoint, group_keys
+from mocobench.transfer.convert import FORMATS, convert_checkpoint, group_keys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

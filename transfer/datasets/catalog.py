@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mocobench import UserError
-from transfer.datasets.coco import coco_metadata, coco_records, read_coco_api
-from transfer.datasets.voc import load_voc_instances, voc_class_names
+from mocobench.transfer.datasets.coco import coco_metadata, coco_records, read_coco_api
+from mocobench.transfer.datasets.voc import load_voc_instances, voc_class_names
 
 VOC_BUILTIN = ("voc_2007_trainval", "voc_2007_train", "voc_2007_val", "voc_2007_test",
                "voc_2012_trainval", "voc_2012_train", "voc_2012_val")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from transfer.datasets.synth import write_synthetic
-from transfer.datasets.synth_scales import load_synth_spec
+from mocobench.transfer.datasets.synth import write_synthetic
+from mocobench.transfer.datasets.synth_scales import load_synth_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

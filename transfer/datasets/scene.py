@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from transfer.datasets import shapes
-from transfer.datasets.synth_scales import ObjectClass, Render, SceneSpec
+from mocobench.transfer.datasets import shapes
+from mocobench.transfer.datasets.synth_scales import ObjectClass, Render, SceneSpec
 
 PLACEMENT_TRIES = 30  # candidate positions per object before it is left out of the image
 STRETCH = 0.25        # objects are stretched by up to exp(+-STRETCH) along each axis

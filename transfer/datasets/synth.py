@@ -30,9 +30,9 @@ from PIL import Image
 from mocobench import UserError
 from mocobench.atomic import write_json
 from mocobench.progress import Progress
-from transfer.datasets import synth_layouts
-from transfer.datasets.scene import SceneObject, render_scene
-from transfer.datasets.synth_scales import Scale, SceneSpec, SynthSpec, load_synth_spec
+from mocobench.transfer.datasets import synth_layouts
+from mocobench.transfer.datasets.scene import SceneObject, render_scene
+from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, SynthSpec, load_synth_spec
 
 MARKER = "SYNTH.json"
 FORMAT = "mocobench-synth"

@@ -13,9 +13,9 @@ import json
 import xml.etree.ElementTree as ET
 from typing import Iterable, Sequence
 
-from transfer.datasets.scene import SceneObject
-from transfer.datasets.shapes import polygon_area
-from transfer.datasets.synth_scales import ObjectClass, SceneSpec
+from mocobench.transfer.datasets.scene import SceneObject
+from mocobench.transfer.datasets.shapes import polygon_area
+from mocobench.transfer.datasets.synth_scales import ObjectClass, SceneSpec
 
 SOURCE = "mocobench synthetic"
 

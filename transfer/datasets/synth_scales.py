@@ -159,7 +159,7 @@ def _build(kind: Any, value: Any, source: str, where: str) -> Any:
 
 
 def _check(spec: SynthSpec, source: str) -> None:
-    from transfer.datasets.shapes import SHAPES, TEXTURES
+    from mocobench.transfer.datasets.shapes import SHAPES, TEXTURES
 
     if not 1 <= spec.jpeg_quality <= 100:
         raise UserError(f"{source}: jpeg_quality must be in 1..100, got {spec.jpeg_quality}")

@@ -10,10 +10,10 @@ import os
 from typing import Any, Mapping, Sequence
 
 from mocobench import UserError
-from transfer.datasets.catalog import get_dataset, get_metadata
-from transfer.datasets.coco import read_coco_api
-from transfer.evaluation.coco import evaluate_coco
-from transfer.evaluation.voc import evaluate_voc
+from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
+from mocobench.transfer.datasets.coco import read_coco_api
+from mocobench.transfer.evaluation.coco import evaluate_coco
+from mocobench.transfer.evaluation.voc import evaluate_voc
 
 
 def evaluate(dataset_name: str, data_root: str | os.PathLike | None,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_json
-from transfer.datasets.catalog import dataset_names
-from transfer.evaluation import evaluate
+from mocobench.transfer.datasets.catalog import dataset_names
+from mocobench.transfer.evaluation import evaluate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mocobench import UserError
-from transfer.evaluation.detections import detection_arrays
+from mocobench.transfer.evaluation.detections import detection_arrays
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

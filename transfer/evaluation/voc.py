@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from transfer.evaluation.detections import detection_arrays
+from mocobench.transfer.evaluation.detections import detection_arrays
 
 IOU_THRESHOLDS = tuple(range(50, 100, 5))  # percent, as detectron2
 

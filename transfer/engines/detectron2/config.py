@@ -9,7 +9,7 @@ from typing import Sequence
 from detectron2.config import CfgNode, get_cfg
 
 from mocobench import UserError
-from transfer.config import detection_defaults
+from mocobench.transfer.config import detection_defaults
 
 # mocobench keys detectron2's get_cfg() does not have (see transfer/defaults.yaml)
 EXTENSION_KEYS = ("MODEL.DC5",)

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from transfer.datasets.catalog import get_dataset, get_metadata
+from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
 
 
 def detectron2_records(name: str, data_root: Optional[str]) -> list[dict[str, Any]]:

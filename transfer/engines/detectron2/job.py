@@ -27,19 +27,21 @@ from detectron2.utils.env import seed_all_rng
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import write_json, write_text
-from transfer.convert import load_detectron2_weights
-from transfer.datasets.catalog import get_metadata
-from transfer.engines.detectron2.config import load_d2_config
-from transfer.engines.detectron2.datasets import register_datasets
-from transfer.engines.detectron2.trainer import Trainer
-from transfer.engines.export import export_to_detectron2
-from transfer.engines.torchvision.train import LAST, is_run_checkpoint, resolve_seed
-from transfer.engines.torchvision.weights import check_conventions
+from mocobench.transfer.convert import load_detectron2_weights
+from mocobench.transfer.datasets.catalog import get_metadata
+from mocobench.transfer.engines.detectron2.config import load_d2_config
+from mocobench.transfer.engines.detectron2.datasets import register_datasets
+from mocobench.transfer.engines.detectron2.trainer import Trainer
+from mocobench.transfer.engines.export import export_to_detectron2
+from mocobench.checkpoints import read_checkpoint
+from mocobench.conventions import LAST_CHECKPOINT
+from mocobench.transfer.engines.torchvision.train import is_run_checkpoint, resolve_seed
+from mocobench.transfer.engines.torchvision.weights import check_conventions
 
 
 def job_config(args: argparse.Namespace, ours: CfgNode, out_dir: Path) -> CfgNode:
     """detectron2's reading of the job's file and overrides; --weights and --seed as the
-    shared loader (transfer/job.py) applied them to ``ours``."""
+    shared loader (transfer/cli.py) applied them to ``ours``."""
     opts = list(args.opts)
     cfg = load_d2_config(args.config, opts[1:] if opts[:1] == ["--"] else opts)
     cfg.MODEL.WEIGHTS, cfg.SEED, cfg.OUTPUT_DIR = ours.MODEL.WEIGHTS, ours.SEED, str(out_dir)
@@ -66,7 +68,7 @@ def load_eval_weights(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> int
     checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     path = cfg.MODEL.WEIGHTS
     if not (resume and checkpointer.has_checkpoint()) and is_run_checkpoint(path):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(path)
         if any(k.startswith("backbone.body.") for k in ckpt.get("model", {})):
             fpn = list(cfg.MODEL.FPN.IN_FEATURES) if "fpn" in cfg.MODEL.BACKBONE.NAME else ()
             state = export_to_detectron2(ckpt["model"], cfg.MODEL.ROI_HEADS.NUM_CLASSES, fpn)
@@ -95,7 +97,7 @@ def worker(cfg: CfgNode, config_path: str, data_root: Optional[str], resume: boo
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
     register_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), data_root)
     check_classes(cfg, data_root, config_path, eval_only)
-    if not eval_only and not resume and (out_dir / LAST).exists():
+    if not eval_only and not resume and (out_dir / LAST_CHECKPOINT).exists():
         raise UserError(f"{out_dir}: holds checkpoints of a run; pass --resume to continue it")
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:

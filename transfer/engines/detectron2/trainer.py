@@ -17,9 +17,9 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 
-from transfer.engines.detectron2 import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from transfer.engines.detectron2.backbone import NAME as REDUCED_DC5, uses_reduced_dc5
-from transfer.engines.detectron2.events import JsonlEventWriter
+from mocobench.transfer.engines.detectron2 import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+from mocobench.transfer.engines.detectron2.backbone import NAME as REDUCED_DC5, uses_reduced_dc5
+from mocobench.transfer.engines.detectron2.events import JsonlEventWriter
 
 JSONL = "metrics.jsonl"
 

@@ -2,5 +2,5 @@
 blocks, with the pieces where torchvision hard-codes something detectron2 does differently
 replaced (see DESIGN.md "Fidelity"), configured by detectron2's YAML keys.
 
-Entry points: ``build.build_model(cfg)`` and ``train.run_job(...)`` (used by transfer/job.py).
+Entry points: ``build.build_model(cfg)`` and ``train.run_job(...)`` (used by transfer/cli.py).
 """

@@ -20,7 +20,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from mocobench import UserError
 from mocobench.resnet import ConfigurableResNet, ResNetShape, build_resnet
-from transfer.engines.torchvision.norm import freeze_norms, get_norm, norm_factory
+from mocobench.transfer.engines.torchvision.norm import freeze_norms, get_norm, norm_factory
 
 TrunkHook = Callable[[ConfigurableResNet], None]
 # detectron2 stage name -> torchvision trunk layer; FREEZE_AT counts in this order

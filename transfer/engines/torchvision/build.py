@@ -18,9 +18,9 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from mocobench import UserError
-from transfer.engines.torchvision.backbone import TrunkHook, build_backbone, resnet_shape
-from transfer.engines.torchvision.roi_heads import build_roi_heads
-from transfer.engines.torchvision.rpn import build_rpn
+from mocobench.transfer.engines.torchvision.backbone import TrunkHook, build_backbone, resnet_shape
+from mocobench.transfer.engines.torchvision.roi_heads import build_roi_heads
+from mocobench.transfer.engines.torchvision.rpn import build_rpn
 
 
 class Normalizer(nn.Module):

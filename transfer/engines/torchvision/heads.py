@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from transfer.engines.torchvision.norm import get_norm
+from mocobench.transfer.engines.torchvision.norm import get_norm
 
 
 def msra_fill(layer: nn.Module) -> nn.Module:

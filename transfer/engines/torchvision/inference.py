@@ -14,7 +14,7 @@ from pycocotools import mask as mask_util
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from mocobench import dist as mdist
-from transfer.engines.torchvision.input import test_input
+from mocobench.transfer.engines.torchvision.input import test_input
 
 
 def to_results(det: dict, record: dict, input_hw: tuple[int, int], contiguous_to_id: dict[int, int]) -> list[dict]:

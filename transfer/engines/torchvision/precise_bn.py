@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from transfer.engines.torchvision.norm import batch_norms
+from mocobench.transfer.engines.torchvision.norm import batch_norms
 
 
 @torch.no_grad()

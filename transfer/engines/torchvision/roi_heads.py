@@ -22,10 +22,10 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
 
 from mocobench import UserError
-from transfer.engines.torchvision.heads import BoxPredictor, ConvFCBoxHead, MaskHead, Res5BoxHead
-from transfer.engines.torchvision.norm import get_norm
-from transfer.engines.torchvision.pooler import ROIPooler
-from transfer.engines.torchvision.rpn import box_regression_loss
+from mocobench.transfer.engines.torchvision.heads import BoxPredictor, ConvFCBoxHead, MaskHead, Res5BoxHead
+from mocobench.transfer.engines.torchvision.norm import get_norm
+from mocobench.transfer.engines.torchvision.pooler import ROIPooler
+from mocobench.transfer.engines.torchvision.rpn import box_regression_loss
 
 ROI_HEADS = ("Res5ROIHeads", "Res5ROIHeadsExtraNorm", "StandardROIHeads")
 

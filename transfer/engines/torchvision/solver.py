@@ -10,31 +10,22 @@ import torch.nn as nn
 from fvcore.common.config import CfgNode
 
 from mocobench import UserError
+from mocobench.transfer.config import scaled_schedule
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def auto_scale_workers(cfg: CfgNode, world_size: int) -> dict:
     """detectron2's DefaultTrainer.auto_scale_workers, in place; returns what changed."""
-    s = cfg.SOLVER
-    old = s.REFERENCE_WORLD_SIZE
-    if old == 0 or old == world_size:
+    try:
+        new = scaled_schedule(cfg, cfg.SOLVER.REFERENCE_WORLD_SIZE, world_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not new:
         return {}
-    scale = world_size / old
-    batch = s.IMS_PER_BATCH * scale
-    if abs(batch - round(batch)) > 1e-6:
-        raise UserError(f"SOLVER.IMS_PER_BATCH {s.IMS_PER_BATCH} x {world_size}/{old} processes is not a whole batch")
-    before = {k: s[k] for k in ("IMS_PER_BATCH", "BASE_LR", "MAX_ITER", "WARMUP_ITERS", "STEPS", "CHECKPOINT_PERIOD")}
-    before["EVAL_PERIOD"] = cfg.TEST.EVAL_PERIOD
-    s.IMS_PER_BATCH = int(round(batch))
-    s.BASE_LR = s.BASE_LR * scale
-    s.MAX_ITER = int(round(s.MAX_ITER / scale))
-    s.WARMUP_ITERS = int(round(s.WARMUP_ITERS / scale))
-    s.STEPS = tuple(int(round(x / scale)) for x in s.STEPS)
-    s.CHECKPOINT_PERIOD = int(round(s.CHECKPOINT_PERIOD / scale))
-    cfg.TEST.EVAL_PERIOD = int(round(cfg.TEST.EVAL_PERIOD / scale))
-    s.REFERENCE_WORLD_SIZE = world_size
-    return {"reference_world_size": old, "world_size": world_size, "before": before}
+    before = {key.split(".")[1]: cfg[key.split(".")[0]][key.split(".")[1]] for key in new}
+    cfg.merge_from_list([x for kv in new.items() for x in kv])
+    return {"reference_world_size": before.pop("REFERENCE_WORLD_SIZE"), "world_size": world_size, "before": before}
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:

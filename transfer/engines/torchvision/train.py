@@ -20,19 +20,20 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import torch_save, write_json, write_text
+from mocobench.checkpoints import last_checkpoint, point_to, read_checkpoint
+from mocobench.conventions import LAST_CHECKPOINT
 from mocobench.progress import JsonlLog, Progress
-from transfer.config import load_detection_config
-from transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
-from transfer.engines.torchvision.build import DetectronRCNN, build_model
-from transfer.engines.torchvision.inference import run_inference
-from transfer.engines.torchvision.input import TrainBatches, TrainMapper
-from transfer.engines.torchvision.precise_bn import update_bn_stats
-from transfer.engines.torchvision.solver import auto_scale_workers, build_optimizer, set_lr
-from transfer.engines.torchvision.weights import BackboneInit
-from transfer.evaluation import evaluate
+from mocobench.transfer.config import load_detection_config
+from mocobench.transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
+from mocobench.transfer.engines.torchvision.build import DetectronRCNN, build_model
+from mocobench.transfer.engines.torchvision.inference import run_inference
+from mocobench.transfer.engines.torchvision.input import TrainBatches, TrainMapper
+from mocobench.transfer.engines.torchvision.precise_bn import update_bn_stats
+from mocobench.transfer.engines.torchvision.solver import auto_scale_workers, build_optimizer, set_lr
+from mocobench.transfer.engines.torchvision.weights import BackboneInit
+from mocobench.transfer.evaluation import evaluate
 
 LOG_PERIOD = 20  # detectron2's default writer period (not a config key there either)
-LAST = "last_checkpoint"
 FINAL = "model_final.pth"
 
 
@@ -65,14 +66,14 @@ def is_run_checkpoint(path: str) -> bool:
 
 def load_run_checkpoint(path: str, model: torch.nn.Module) -> dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(path)
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, OSError, EOFError) as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a checkpoint of this model: {str(e).splitlines()[0]}") from None
     return ckpt
 
 
-class Job:
+class DetectionTrainer:
     def __init__(self, cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: str) -> None:
         self.cfg, self.out, self.data_root, self.config_path = cfg, out_dir, data_root, config_path
         self.device = select_device(cfg)
@@ -104,10 +105,6 @@ class Job:
             raise UserError(f"{self.config_path}: MODEL.ROI_HEADS.NUM_CLASSES is "
                             f"{self.cfg.MODEL.ROI_HEADS.NUM_CLASSES} but {list(names)} have {k} classes")
 
-    def last_checkpoint(self) -> Optional[Path]:
-        f = self.out / LAST
-        return self.out / f.read_text().strip() if f.is_file() else None
-
     def save(self, name: str, model, optimizer, scaler, iteration: int) -> None:
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
@@ -119,7 +116,7 @@ class Job:
         if self.main:
             torch_save(self.out / name, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "scaler": scaler.state_dict(), "iteration": iteration, "rng": states})
-            write_text(self.out / LAST, name + "\n")
+            point_to(self.out, name)
         mdist.barrier()
 
     # ---- training ----------------------------------------------------------------------
@@ -134,7 +131,7 @@ class Job:
         optimizer = build_optimizer(cfg, model)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         start = 0
-        last = self.last_checkpoint() if resume else None
+        last = last_checkpoint(self.out) if resume else None
         if last is not None:
             ckpt = load_run_checkpoint(str(last), model)
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -240,18 +237,18 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
             resume: bool, eval_only: bool) -> Optional[dict]:
     """Returns the metrics (rank 0) after writing them to ``out_dir/metrics.json``."""
     t0 = time.perf_counter()
-    job = Job(cfg, out_dir, data_root, config_path)
+    job = DetectionTrainer(cfg, out_dir, data_root, config_path)
     if not cfg.DATASETS.TEST:
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
     for name in list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN)):
         get_metadata(name, data_root)  # a dataset that is not there fails before anything runs
-    if not eval_only and not resume and (out_dir / LAST).exists():
+    if not eval_only and not resume and (out_dir / LAST_CHECKPOINT).exists():
         raise UserError(f"{out_dir}: holds checkpoints of a run; pass --resume to continue it")
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:
         cfg.SEED = load_detection_config(stored).SEED
     cfg.SEED = resolve_seed(cfg.SEED)
-    last = job.last_checkpoint() if resume else None
+    last = last_checkpoint(out_dir) if resume else None
     weights = cfg.MODEL.WEIGHTS
     model = job.build(weights, with_init=last is None)
     iteration = 0

@@ -49,7 +49,7 @@ class BackboneInit:
         if not Path(path).is_file():
             raise UserError(f"{path}: weights file not found (MODEL.WEIGHTS / --weights)")
         try:
-            from transfer.convert import load_detectron2_weights
+            from mocobench.transfer.convert import load_detectron2_weights
         except ImportError as e:
             raise UserError(f"loading {path} needs transfer/convert.py ({e})") from None
         self.path = path
@@ -60,7 +60,7 @@ class BackboneInit:
         self.unexpected: list[str] = []
 
     def __call__(self, trunk: ConfigurableResNet) -> None:
-        from transfer.convert import load_into_trunk
+        from mocobench.transfer.convert import load_into_trunk
 
         self.missing, self.unexpected = load_into_trunk(trunk, self.model)
 

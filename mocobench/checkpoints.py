@@ -1,4 +1,4 @@
-"""Reading a checkpoint file someone handed us, without running code from it.
+"""Checkpoint files: the one safe reader, the trunk inside them, the last-checkpoint pointer.
 
 Weights come from the internet (the MoCo authors' releases, model zoos), so a pickle must
 not be able to call arbitrary functions: torch files load with ``weights_only=True`` and
@@ -12,11 +12,13 @@ import argparse
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from mocobench import UserError
+from mocobench.atomic import write_text
+from mocobench.conventions import DDP_PREFIX, LAST_CHECKPOINT, MOCO_QUERY_PREFIX
 
 # What a numpy-array pickle needs, under numpy 1.x and 2.x module names.
 _PICKLE_GLOBALS = {
@@ -57,3 +59,42 @@ def read_checkpoint(path: str | Path) -> Any:
             reason = "weights-only unpickler: " + reason.split("WeightsUnpickler error:")[1].split("Check the doc")[0]
         reason = " ".join(reason.split())[:200] or type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
+
+
+def weights_dict(obj: Mapping) -> Mapping:
+    """The name -> tensor mapping inside a checkpoint ({'model': ...}, {'state_dict': ...} or bare)."""
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj.get(wrapper), Mapping):
+            return obj[wrapper]
+    return obj
+
+
+def is_moco(obj: Mapping) -> bool:
+    state = obj.get("state_dict")
+    return isinstance(state, Mapping) and any(str(k).startswith(MOCO_QUERY_PREFIX) for k in state)
+
+
+def trunk_weights(obj: Mapping) -> tuple[dict[str, Any], list[str]]:
+    """(torchvision-named weights, names left out): the query encoder of a MoCo checkpoint (the
+    key encoder and queue left out), else the state dict with DDP's prefix removed."""
+    if is_moco(obj):
+        state = obj["state_dict"]
+        query = {k[len(MOCO_QUERY_PREFIX):]: v for k, v in state.items() if k.startswith(MOCO_QUERY_PREFIX)}
+        return query, [k for k in state if not k.startswith(MOCO_QUERY_PREFIX)]
+    return {str(k).removeprefix(DDP_PREFIX): v for k, v in weights_dict(obj).items()}, []
+
+
+def point_to(out_dir: Path, name: str) -> None:
+    """Name ``name`` as the folder's newest checkpoint (after the checkpoint itself is written)."""
+    write_text(out_dir / LAST_CHECKPOINT, name + "\n")
+
+
+def last_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint the folder's pointer names; None without a pointer."""
+    pointer = out_dir / LAST_CHECKPOINT
+    if not pointer.is_file():
+        return None
+    path = out_dir / pointer.read_text().strip()
+    if not path.is_file():
+        raise UserError(f"{pointer}: names {path.name}, which does not exist")
+    return path

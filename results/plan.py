@@ -13,15 +13,16 @@ from typing import Sequence
 
 from fvcore.common.config import CfgNode
 
-from results.runs import read_metrics, seed_dir
-from results.tables import Init, Table, select_inits
+from mocobench.conventions import LAST_CHECKPOINT
+from mocobench.transfer.config import scaled_schedule
+from mocobench.results.runs import read_metrics, seed_dir
+from mocobench.results.tables import Init, Table, select_inits
 
 DONE, RESUME, NEW = "done", "resume", "new"
-LAST_CHECKPOINT = "last_checkpoint"
 
 
 @dataclass
-class Job:
+class PlannedRun:
     table: Table
     init: Init
     seed: int
@@ -52,8 +53,8 @@ class Job:
         return args + self.overrides
 
 
-def expand(tables: Sequence[Table], inits: dict[str, Init], output: Path) -> list[Job]:
-    return [Job(table, init, seed, output / table.name / init.name / seed_dir(seed),
+def expand(tables: Sequence[Table], inits: dict[str, Init], output: Path) -> list[PlannedRun]:
+    return [PlannedRun(table, init, seed, output / table.name / init.name / seed_dir(seed),
                 table.config_for(init.format))
             for table in tables for init in select_inits(table, inits) for seed in table.seeds]
 
@@ -63,30 +64,8 @@ def reference_world_size(table: Table, cfg: CfgNode) -> int:
 
 
 def scaling_overrides(cfg: CfgNode, reference: int, world_size: int) -> list[str]:
-    """KEY VALUE overrides running a schedule written for ``reference`` GPUs on ``world_size``.
-
-    detectron2's REFERENCE_WORLD_SIZE rule (linear scaling): images per batch and learning
-    rate scale with the number of workers, iteration counts inversely, so each image is
-    seen as often with the same per-GPU batch. REFERENCE_WORLD_SIZE is set to the new size
-    so an engine that applies the rule itself (detectron2) does not scale a second time.
-    """
-    if not reference or reference == world_size:
-        return []
-    s = cfg.SOLVER
-    scale = world_size / reference
-    if s.IMS_PER_BATCH % reference:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH {s.IMS_PER_BATCH} is not divisible by the "
-                         f"reference world size {reference}")
-
-    def iters(n: int) -> int:
-        return int(round(n / scale))
-
-    steps = "(" + "".join(f"{iters(x)}," for x in s.STEPS) + ")"
-    return ["SOLVER.IMS_PER_BATCH", str(int(round(s.IMS_PER_BATCH * scale))),
-            "SOLVER.BASE_LR", repr(s.BASE_LR * scale),
-            "SOLVER.MAX_ITER", str(iters(s.MAX_ITER)),
-            "SOLVER.STEPS", steps,
-            "SOLVER.WARMUP_ITERS", str(iters(s.WARMUP_ITERS)),
-            "SOLVER.CHECKPOINT_PERIOD", str(iters(s.CHECKPOINT_PERIOD)),
-            "TEST.EVAL_PERIOD", str(iters(cfg.TEST.EVAL_PERIOD)),
-            "SOLVER.REFERENCE_WORLD_SIZE", str(world_size)]
+    """``mocobench transfer`` KEY VALUE overrides of ``scaled_schedule`` (STEPS as a tuple literal)."""
+    out: list[str] = []
+    for key, value in scaled_schedule(cfg, reference, world_size).items():
+        out += [key, "(" + "".join(f"{x}," for x in value) + ")" if isinstance(value, tuple) else repr(value)]
+    return out

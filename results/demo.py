@@ -33,10 +33,10 @@ from mocobench import UserError
 from mocobench.atomic import write_json, write_text
 from mocobench.config import load_config, load_defaults
 from mocobench.progress import format_seconds
+from mocobench.resources import config_path
 from mocobench.threads import thread_env
 
 DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAMP_FILE = "demo.json"  # in the output folder: the settings its results were made with
 # settings that change what the stages produce (threads, ETA seconds and TRIALS do not:
 # more trials only add seeds)
@@ -69,11 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SEED 1")
 
 
-def _config_path(name: str) -> str:
-    path = Path(name)
-    return str(path if path.is_absolute() else CONFIGS / path)
-
-
 def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
     data, pre, sup, weights = out / "data", out / "pretrain", out / "supervised", out / "weights"
     runs, report = out / "runs", out / "report"
@@ -88,9 +83,9 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
 
     def backbones() -> list[list[Command]]:
         write_text(random_inits, yaml.safe_dump({"random": {"weights": ""}}))
-        pretrain = ["pretrain", "--config", _config_path(cfg.PRETRAIN_CONFIG), "--data", str(data / "unlabeled"),
+        pretrain = ["pretrain", "--config", str(config_path(cfg.PRETRAIN_CONFIG)), "--data", str(data / "unlabeled"),
                     "--output-dir", str(pre), "--resume", "TRAIN.SEED", str(cfg.SEED)]
-        supervised = ["supervised", "--config", _config_path(cfg.SUPERVISED_CONFIG), "--data",
+        supervised = ["supervised", "--config", str(config_path(cfg.SUPERVISED_CONFIG)), "--data",
                       str(data / "classify"), "--output-dir", str(sup), "--resume", "TRAIN.SEED", str(cfg.SEED)]
         return [[pretrain] if not moco_final.is_file() else [],
                 ([supervised] if not sup_final.is_file() else []) + [run_all(random_inits)]]
@@ -121,22 +116,22 @@ def build_stages(cfg: CfgNode, out: Path, engine: str) -> list[Stage]:
 
 
 def _pretrain_epochs(cfg: CfgNode) -> int:
-    from pretrain.config import load_pretrain_config
+    from mocobench.pretrain.config import load_pretrain_config
 
-    return int(load_pretrain_config(_config_path(cfg.PRETRAIN_CONFIG)).SOLVER.EPOCHS)
+    return int(load_pretrain_config(str(config_path(cfg.PRETRAIN_CONFIG))).SOLVER.EPOCHS)
 
 
 def fingerprint(cfg: CfgNode) -> dict[str, str]:
     """The demo settings that shape its results, and digests of the backbone and detection
     configs as resolved (their _BASE_ chains and the defaults included), so an edit anywhere
     counts: run-all skips a finished run whatever its config now says."""
-    from pretrain.config import load_pretrain_config
-    from results.tables import resolve_tables
-    from transfer.config import load_detection_config
+    from mocobench.pretrain.config import load_pretrain_config
+    from mocobench.results.tables import resolve_tables
+    from mocobench.transfer.config import load_detection_config
 
     out = {k: json.dumps(cfg[k]) for k in RESULT_KEYS}
     for key in ("PRETRAIN_CONFIG", "SUPERVISED_CONFIG"):
-        out[f"{key} (resolved)"] = _digest(load_pretrain_config(_config_path(cfg[key])).dump())
+        out[f"{key} (resolved)"] = _digest(load_pretrain_config(str(config_path(cfg[key]))).dump())
     for table in resolve_tables(list(cfg.TABLES)):
         for path in table.config_paths():
             out[f"{table.path.stem}: {path.name} (resolved)"] = _digest(load_detection_config(path).dump())
@@ -227,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     threads = str(cfg.NUM_THREADS)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(CONFIGS.parent), os.environ.get("PYTHONPATH", "")]))}
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if cfg.TRIALS < 1:
         raise UserError(f"TRIALS must be >= 1, got {cfg.TRIALS}")
     claim_output_dir(out, fingerprint(cfg))

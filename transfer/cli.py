@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from mocobench import dist as mdist
-from transfer.config import detection_defaults, load_detection_config
+from mocobench.transfer.config import detection_defaults, load_detection_config
 
 ENGINES = ("torchvision", "detectron2")
 
@@ -56,15 +56,15 @@ def run(args: argparse.Namespace) -> int:
     cfg.OUTPUT_DIR = str(out_dir)
     data_root = args.data_root or os.environ.get("DETECTRON2_DATASETS") or "datasets"
     if args.engine == "detectron2":
-        from transfer.engines.detectron2 import require_detectron2
+        from mocobench.transfer.engines.detectron2 import require_detectron2
 
         require_detectron2()
-        from transfer.engines.detectron2.job import run_detectron2_job
+        from mocobench.transfer.engines.detectron2.job import run_detectron2_job
 
         metrics = run_detectron2_job(args, cfg, out_dir, data_root)
     else:
-        from transfer.engines.torchvision.supported import check_supported
-        from transfer.engines.torchvision.train import run_job
+        from mocobench.transfer.engines.torchvision.supported import check_supported
+        from mocobench.transfer.engines.torchvision.train import run_job
 
         check_supported(cfg, detection_defaults(), args.config)
         try:
