@@ -94,7 +94,7 @@ class TrainMapper:
         image = resize(image, (h, w))
         flip = self.flip != "none" and rng.random() < 0.5
         annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
-        boxes = np.asarray([a["bbox"] for a in annos], np.float32).reshape(-1, 4) * [sx, sy, sx, sy]
+        boxes = np.asarray([a["bbox"] for a in annos], np.float64).reshape(-1, 4) * [sx, sy, sx, sy]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
         masks = [instance_mask(a["segmentation"], h0, w0, sx, sy, (h, w)) for a in annos] if self.mask_on else []
@@ -106,6 +106,8 @@ class TrainMapper:
             image = image[::-1]
             boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
             masks = [m[::-1] for m in masks]
+        # float64 arithmetic, float32 boxes: detectron2's transforms and its Boxes
+        boxes = boxes.astype(np.float32)
         keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
         target = {"boxes": torch.from_numpy(boxes[keep]),
                   # torchvision's sampling wants 1..K, 0 = background

@@ -30,6 +30,25 @@ from mocobench.transfer.engines.torchvision.rpn import box_regression_loss
 ROI_HEADS = ("Res5ROIHeads", "Res5ROIHeadsExtraNorm", "StandardROIHeads")
 
 
+def mask_targets(boxes: list[Tensor], gt_masks: list[Tensor], matched: list[Tensor], size: int) -> Tensor:
+    """float32 0/1 targets, size x size: each RoI's box cropped from the mask of the instance it
+    matched (ROIAlignV2, then >= 0.5), as detectron2's BitMasks.crop_and_resize.
+
+    ``boxes[i]``: image i's foreground RoIs; ``gt_masks[i]``: its instances' masks (N, H, W);
+    ``matched[i]``: the instance index of each RoI.
+    """
+    crops = []
+    for b, masks, idx in zip(boxes, gt_masks, matched):
+        if len(b) == 0:
+            continue
+        # the RoI's batch index selects its own instance's mask, so no mask is copied per RoI
+        rois = torch.cat([idx[:, None].to(torch.float32), b.to(torch.float32)], dim=1)
+        crops.append(roi_align(masks[:, None].float(), rois, (size, size), 1.0, 0, aligned=True)[:, 0])
+    if not crops:
+        return torch.zeros((0, size, size), dtype=torch.float32, device=boxes[0].device if boxes else None)
+    return (torch.cat(crops) >= 0.5).float()
+
+
 class DetectronRoIHeads(RoIHeads):
     def __init__(self, in_features: list[str], box_pooler: ROIPooler, box_head: nn.Module,
                  box_predictor: BoxPredictor, num_classes: int, cfg: CfgNode,
@@ -61,11 +80,7 @@ class DetectronRoIHeads(RoIHeads):
                   matched: list[Tensor], labels: Tensor) -> Tensor:
         if logits.shape[0] == 0:
             return logits.sum() * 0
-        size = logits.shape[-1]
-        crops = [roi_align(m[:, None].float(), [b], (size, size), 1.0, 0, aligned=True)[:, 0]
-                 if len(b) else m.new_zeros((0, size, size), dtype=torch.float32)
-                 for m, b in zip([g[i] for g, i in zip(gt_masks, matched)], boxes)]
-        target = (torch.cat(crops) >= 0.5).float()
+        target = mask_targets(boxes, gt_masks, matched, logits.shape[-1])
         chosen = logits[torch.arange(logits.shape[0], device=logits.device), labels - 1]
         return F.binary_cross_entropy_with_logits(chosen.float(), target)
 
