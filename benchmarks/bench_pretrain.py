@@ -39,7 +39,7 @@ from mocobench.pretrain.shuffle_bn import shuffle_batch
 from mocobench.pretrain.train import make_optimizer, train_step
 
 CONFIGS = config_path("pretrain")
-# The issue's R50 layout: full width, 96-pixel crops, batch 32, the paper's K.
+# The paper-scale R50 layout: full width, 96-pixel crops, batch 32, the paper's K.
 R50_OVERRIDES = ("INPUT.CROP_SIZE", "96", "SOLVER.BATCH_SIZE", "32", "MOCO.K", "65536")
 OVERHEAD_TARGETS = {"R50": 0.03, "demo": 0.10}
 
@@ -126,7 +126,7 @@ class StepResult:
 
 
 def scale_config(name: str, overrides: tuple[str, ...] = ()) -> CfgNode:
-    """The benchmark's configs: "R50" (the issue's layout) or "demo" (the demo's config)."""
+    """The benchmark's configs: "R50" (the paper-scale layout) or "demo" (the demo's config)."""
     if name == "R50":
         return load_pretrain_config(CONFIGS / "moco_v2_r50.yaml", R50_OVERRIDES + overrides)
     return load_pretrain_config(CONFIGS / "moco_v2_demo.yaml", overrides)

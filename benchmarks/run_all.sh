@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
 # Run every job of the paper's tables (see: mocobench run-all --help).
-# Thin wrapper: all logic lives in results/run_all.py; this only runs it from this checkout.
+# Thin wrapper: all logic lives in results/run_all.py, run from the installed package.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 exec "${PYTHON:-python3}" -m mocobench run-all "$@"

@@ -16,6 +16,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from mocobench import UserError
+from mocobench.resources import find_config
 
 BASE_KEY = "_BASE_"
 
@@ -60,7 +61,7 @@ def config_chain(path: str | os.PathLike) -> list[tuple[Path, dict]]:
     """The files of a ``_BASE_`` chain, outermost base first, each with its own keys."""
     chain: list[tuple[Path, dict]] = []
     seen: set[Path] = set()
-    current: Path | None = Path(path).expanduser().resolve()
+    current: Path | None = find_config(path).resolve()
     while current is not None:
         if current in seen:
             raise ConfigError(f"{current}: _BASE_ chain loops back to this file")

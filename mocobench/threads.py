@@ -2,7 +2,7 @@
 
 Why it matters: the demo's and the CPU tests' jobs are small and use a second thread
 poorly, so N one-thread processes side by side finish sooner than the same work in turn
-(README "Performance"). Both ``run-all --parallel`` and the demo's lanes split the cores
+(docs/NOTES.md, "Performance"). Both ``run-all --parallel`` and the demo's lanes split the cores
 this way.
 """
 

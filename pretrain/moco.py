@@ -93,7 +93,7 @@ class MoCo(nn.Module):
         else:
             # on CPU the foreach form is no faster and its temporaries for every parameter
             # at once cost more; chunking for cache was no faster either (~15 ms at R50 on
-            # an idle 2-core machine: not memory-bound there) (README "Performance")
+            # an idle 2-core machine: not memory-bound there) (docs/NOTES.md, "Performance")
             for pk, pq in zip(keys, queries):
                 pk.mul_(self.m).add_(pq * (1.0 - self.m))
 
@@ -156,7 +156,7 @@ def key_similarity(queue: torch.Tensor) -> float:
 
     Why log it: it is the collapse monitor. Near 1, every image gets the same embedding,
     the logits become equal and the loss climbs to ln(1+K) whatever the instance accuracy
-    of a moment says; the paper's recipe at demo scale did exactly that (README, issue 4).
+    of a moment says; the paper's recipe at demo scale did exactly that (docs/NOTES.md, "MoCo at demo scale").
     """
     return float(queue.float().mean(dim=1).pow(2).sum())
 

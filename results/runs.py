@@ -1,4 +1,4 @@
-"""Finished detection runs on disk (contract 4): ``<root>/<table>/<init>/seed<k>/metrics.json``.
+"""Finished detection runs on disk (docs/DESIGN.md, "Run folder"): ``<root>/<table>/<init>/seed<k>/metrics.json``.
 
 metrics.json is written atomically only at the end of a run, so its presence with the
 expected numbers is what "finished" means; anything else (a half-run folder, a crash) is

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 import os
-import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from mocobench import UserError
+from mocobench.checkpoints import read_checkpoint
 from mocobench.config import check_keys, load_config, load_defaults
 from mocobench.resources import config_path
 
@@ -164,17 +164,16 @@ def load_inits(path: str | os.PathLike) -> dict[str, Init]:
 
 
 def _format_of(weights: Path | None, source: Path, name: str) -> str:
-    """The input format recorded in a converted .pkl (contract 3), for inits that omit it."""
+    """The input format recorded in a converted .pkl (docs/DESIGN.md, "Converted weights"), for inits that omit it."""
     if weights is None:
         return RANDOM_INIT_FORMAT
     where = f"{source}: init '{name}'"
     if not weights.is_file():
         raise UserError(f"{where}: weights {weights} not found (needed to read its input format)")
+    data = read_checkpoint(weights)  # weights come from elsewhere: never run code from them
     try:
-        with open(weights, "rb") as f:
-            data = pickle.load(f)
         return data["__mocobench__"]["input_format"]
-    except Exception:
+    except (KeyError, TypeError, IndexError):
         raise UserError(f"{where}: {weights} carries no __mocobench__ input_format; "
                         f"give format: RGB or BGR") from None
 

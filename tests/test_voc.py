@@ -270,7 +270,7 @@ def test_bad_detections_are_named(tmp_path, change, message):
 
 
 def test_synthetic_voc_test_split_matches_devkit_reference(tmp_path):
-    """The issue's check on the suite's own data: the synthetic VOC2007 test split."""
+    """The evaluator's check on the suite's own data: the synthetic VOC2007 test split."""
     from mocobench.transfer.datasets.synth import write_synthetic
 
     write_synthetic(tmp_path, 0, "tiny")

@@ -1,6 +1,6 @@
 """Detections in COCO results format, checked against a dataset before any metric is computed.
 
-Both evaluators take the same list (contract 2: image_id, category_id as the dataset's own
+Both evaluators take the same list (docs/DESIGN.md, "Detections file": image_id, category_id as the dataset's own
 id, bbox as XYWH, score); a detection naming an image or category the dataset does not
 have is the user's mistake and must say which detection, not surface as a KeyError.
 A whole VOC test set has ~10^5-10^6 detections, so the common case (plain Python numbers

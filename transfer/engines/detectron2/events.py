@@ -1,7 +1,7 @@
 """detectron2's training events -> the run dir's metrics.jsonl, in the torchvision engine's
 line shape ({"iter", "total_loss", "loss_*", "lr", "time", ...}), so one reader serves both
 engines. detectron2's own JSONWriter would write metrics.json, which in a run dir holds
-the final results only (contract 4)."""
+the final results only (docs/DESIGN.md, "Run folder")."""
 
 from __future__ import annotations
 

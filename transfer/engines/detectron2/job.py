@@ -1,4 +1,4 @@
-"""One detection job on detectron2: the run dir of contract 4, as the torchvision engine
+"""One detection job on detectron2: the run folder of docs/DESIGN.md, as the torchvision engine
 writes it (config.yaml, metrics.jsonl, model_*.pth / model_final.pth / last_checkpoint from
 detectron2's checkpointer, metrics.json at the end with the same keys).
 
@@ -127,7 +127,7 @@ def worker(cfg: CfgNode, config_path: str, data_root: Optional[str], resume: boo
 
 def run_metrics(cfg: CfgNode, config_path: str, results: dict, iteration: int, eval_only: bool,
                 seconds: float) -> dict[str, Any]:
-    """detectron2's results -> contract 4. DefaultTrainer.test returns the lone dataset's dict
+    """detectron2's results -> the run folder's metrics.json. DefaultTrainer.test returns the lone dataset's dict
     itself, or a dict by dataset name when there are several."""
     names = list(cfg.DATASETS.TEST)
     by_name = {names[0]: results} if len(names) == 1 else dict(results)

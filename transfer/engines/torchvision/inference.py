@@ -1,5 +1,5 @@
 """Run a detector over a test set and turn its outputs into COCO-format detections
-(contract 2): boxes back in the original image's pixels, masks pasted and RLE-encoded,
+(docs/DESIGN.md, "Detections file"): boxes back in the original image's pixels, masks pasted and RLE-encoded,
 category ids mapped back to the dataset's own ids. Ranks take every world-th image and the
 detections are gathered to rank 0."""
 

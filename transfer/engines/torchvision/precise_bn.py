@@ -2,7 +2,7 @@
 trained BN's running statistics as the plain average over NUM_ITER training batches.
 
 Then the statistics are averaged over ranks, so every rank holds the same BN (detectron2
-leaves them rank-specific under plain BN, its issue #5398).
+leaves them rank-specific under plain BN).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One detection job on the torchvision engine: train (DDP when launched by torchrun),
-checkpoint atomically, resume exactly, precise BN, evaluate, write the run dir (contract 4).
+checkpoint atomically, resume exactly, precise BN, evaluate, write the run dir (docs/DESIGN.md, "Run folder").
 
 Exact resume: data order and augmentation are a pure function of (seed, iteration, rank)
 (input.py), the LR is a pure function of the iteration (solver.py), and each rank's torch
