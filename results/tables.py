@@ -22,11 +22,12 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench.checkpoints import read_checkpoint
 from mocobench.config import check_keys, load_config, load_defaults
+from mocobench.conventions import INPUT_FORMATS
 from mocobench.resources import config_path
 
 DEFAULTS_FILE = Path(__file__).with_name("table_defaults.yaml")
 TABLES_DIR = config_path("tables")
-FORMATS = ("RGB", "BGR")
+FORMATS = INPUT_FORMATS
 SCALES = ("paper", "demo")
 
 

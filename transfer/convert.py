@@ -25,7 +25,7 @@ from mocobench import UserError
 from mocobench.resnet import D2_BLOCK, ResNetShape, build_resnet, d2_to_tv, infer_shape, tv_to_d2
 from mocobench.transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
 from mocobench.checkpoints import is_moco, read_checkpoint, trunk_weights, weights_dict
-from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, MOCO_QUERY_PREFIX, RGB_IMAGENET
+from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, INPUT_FORMATS, MOCO_QUERY_PREFIX, RGB_IMAGENET
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _checked_meta(path: Path, meta: Mapping) -> dict:
     lacking = [k for k in wanted if k not in meta]
     if lacking:
         raise UserError(f"{path}: {META_KEY} metadata lacks {', '.join(lacking)}")
-    if meta["input_format"] not in ("RGB", "BGR") or meta["source_format"] not in FORMATS:
+    if meta["input_format"] not in INPUT_FORMATS or meta["source_format"] not in FORMATS:
         raise UserError(f"{path}: {META_KEY} metadata has input_format {meta['input_format']!r}, "
                         f"source_format {meta['source_format']!r}")
     return {k: meta[k] for k in wanted} | {k: meta[k] for k in SHAPE_KEYS if k in meta}
