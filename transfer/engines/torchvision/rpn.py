@@ -3,7 +3,9 @@
 Replaced where torchvision differs: anchors are not rounded, are ordered size-major (so
 the head's channels line up with detectron2's) and use the backbone's fixed strides (not
 image size // feature size); the box loss is detectron2's smooth-L1 with SMOOTH_L1_BETA
-(0: plain L1), and both losses are normalised by BATCH_SIZE_PER_IMAGE * images.
+(0: plain L1), both losses are normalised by BATCH_SIZE_PER_IMAGE * images and scaled by
+LOSS_WEIGHT; proposals are kept when their width and height exceed MIN_SIZE (torchvision
+keeps >= max(MIN_SIZE, 1e-5), dropping nearly empty boxes that detectron2 trains on).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from mocobench import UserError
 
@@ -67,8 +70,39 @@ class DetectronRPN(RegionProposalNetwork):
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
         self.box_loss_weight = box_loss_weight
-        self.min_size = max(min_size, 1e-5)  # detectron2 keeps non-empty boxes (w, h > 0)
+        self.min_size = min_size
         self.batch_size_per_image = self.fg_bg_sampler.batch_size_per_image
+
+    def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        """Per level the PRE_NMS_TOPK best; per image: clip, keep width and height > MIN_SIZE,
+        NMS within each level, the POST_NMS_TOPK best. Returns boxes and objectness logits."""
+        n = proposals.shape[0]
+        logits = objectness.detach().reshape(n, -1)
+        top_boxes, top_logits, levels = [], [], []
+        for level, (boxes, scores) in enumerate(zip(proposals.split(num_anchors_per_level, 1),
+                                                    logits.split(num_anchors_per_level, 1))):
+            k = min(self.pre_nms_top_n(), scores.shape[1])
+            best, idx = scores.topk(k, dim=1)
+            top_logits.append(best)
+            top_boxes.append(torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4)))
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=proposals.device))
+        level_ids = torch.cat(levels)
+        out_boxes, out_logits = [], []
+        for boxes, scores, shape in zip(torch.cat(top_boxes, 1), torch.cat(top_logits, 1), image_shapes):
+            lvl = level_ids
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+            if not finite.all():
+                if self.training:
+                    raise FloatingPointError("RPN proposals or scores are not finite: training diverged")
+                boxes, scores, lvl = boxes[finite], scores[finite], lvl[finite]
+            boxes = clip_boxes_to_image(boxes, shape)
+            keep = ((boxes[:, 2] - boxes[:, 0]) > self.min_size) & ((boxes[:, 3] - boxes[:, 1]) > self.min_size)
+            boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+            keep = batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            out_boxes.append(boxes[keep])
+            out_logits.append(scores[keep])
+        return out_boxes, out_logits
 
     def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
                      regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -82,7 +116,7 @@ class DetectronRPN(RegionProposalNetwork):
             objectness.flatten()[sampled], labels_all[sampled], reduction="sum") / normalizer
         box_loss = box_regression_loss(pred_bbox_deltas[pos].float(), targets[pos],
                                        self.smooth_l1_beta) / normalizer
-        return objectness_loss * self.loss_weight, box_loss * self.box_loss_weight
+        return objectness_loss * self.loss_weight, box_loss * self.box_loss_weight * self.loss_weight
 
 
 def build_rpn(cfg: CfgNode, in_channels: int, strides: dict[str, int]) -> DetectronRPN:

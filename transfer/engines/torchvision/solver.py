@@ -12,7 +12,8 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench.transfer.config import scaled_schedule
 
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm,
+              nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def auto_scale_workers(cfg: CfgNode, world_size: int) -> dict:
@@ -28,13 +29,26 @@ def auto_scale_workers(cfg: CfgNode, world_size: int) -> dict:
     return {"reference_world_size": before.pop("REFERENCE_WORLD_SIZE"), "world_size": world_size, "before": before}
 
 
+def param_hyperparams(cfg: CfgNode, module: nn.Module, name: str) -> tuple[float, float]:
+    """(lr, weight decay) of one parameter, as detectron2's get_default_optimizer_params: norm
+    layers take WEIGHT_DECAY_NORM, then every bias (norm biases included) BASE_LR *
+    BIAS_LR_FACTOR and, when set, WEIGHT_DECAY_BIAS."""
+    s = cfg.SOLVER
+    lr, wd = s.BASE_LR, s.WEIGHT_DECAY
+    if isinstance(module, NORM_TYPES):
+        wd = s.WEIGHT_DECAY_NORM
+    if name == "bias":
+        lr = s.BASE_LR * s.BIAS_LR_FACTOR
+        if s.WEIGHT_DECAY_BIAS is not None:
+            wd = s.WEIGHT_DECAY_BIAS
+    return lr, wd
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
-    """detectron2's get_default_optimizer_params: norm weights/biases take WEIGHT_DECAY_NORM,
-    biases BASE_LR * BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS (default WEIGHT_DECAY)."""
+    """SGD over the trainable parameters, grouped by param_hyperparams."""
     s = cfg.SOLVER
     if s.CLIP_GRADIENTS.ENABLED:
         raise UserError("SOLVER.CLIP_GRADIENTS.ENABLED: gradient clipping is not implemented")
-    wd_bias = s.WEIGHT_DECAY if s.WEIGHT_DECAY_BIAS is None else s.WEIGHT_DECAY_BIAS
     groups: dict[tuple[float, float], list] = {}
     seen: set[int] = set()
     for module in model.modules():
@@ -42,12 +56,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.SGD:
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            lr, wd = s.BASE_LR, s.WEIGHT_DECAY
-            if isinstance(module, NORM_TYPES):
-                wd = s.WEIGHT_DECAY_NORM
-            elif name == "bias":
-                lr, wd = s.BASE_LR * s.BIAS_LR_FACTOR, wd_bias
-            groups.setdefault((lr, wd), []).append(p)
+            groups.setdefault(param_hyperparams(cfg, module, name), []).append(p)
     params = [{"params": ps, "lr": lr, "initial_lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
 
