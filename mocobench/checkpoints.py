@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,6 +35,9 @@ _PICKLE_GLOBALS = {
 }
 
 
+_TORCH_ADVICE = ("Weights only load failed", "Check the doc", "Please file an issue")
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_GLOBALS:
@@ -54,11 +58,14 @@ def read_checkpoint(path: str | Path) -> Any:
         with open(path, "rb") as f:
             return _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as e:  # torch and pickle raise many types for bad bytes; all mean the same
-        reason = str(e)
-        if "WeightsUnpickler error:" in reason:  # keep torch's diagnosis, not its advice
-            reason = "weights-only unpickler: " + reason.split("WeightsUnpickler error:")[1].split("Check the doc")[0]
-        reason = " ".join(reason.split())[:200] or type(e).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_reason(e)})") from None
+
+
+def _reason(error: Exception) -> str:
+    """Torch's diagnosis without its advice (which suggests loading the file unsafely)."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", str(error).replace("WeightsUnpickler error:", "\n\n"))
+                  if p.strip() and not p.lstrip().startswith(_TORCH_ADVICE)]
+    return " ".join(" ".join(paragraphs).split())[:200] or type(error).__name__
 
 
 def weights_dict(obj: Mapping) -> Mapping:

@@ -33,7 +33,7 @@ from mocobench.transfer.engines.detectron2.config import load_d2_config
 from mocobench.transfer.engines.detectron2.datasets import register_datasets
 from mocobench.transfer.engines.detectron2.trainer import Trainer
 from mocobench.transfer.engines.export import export_to_detectron2
-from mocobench.checkpoints import read_checkpoint
+from mocobench.checkpoints import last_checkpoint, read_checkpoint
 from mocobench.conventions import LAST_CHECKPOINT
 from mocobench.transfer.engines.torchvision.train import is_run_checkpoint, resolve_seed
 from mocobench.transfer.engines.torchvision.weights import check_conventions
@@ -51,8 +51,10 @@ def job_config(args: argparse.Namespace, ours: CfgNode, out_dir: Path) -> CfgNod
     return cfg
 
 
-def check_weights(cfg: CfgNode) -> None:
-    """Converted .pkl weights carry their input conventions: refuse a config that disagrees."""
+def check_weights(cfg: CfgNode, resume: bool) -> None:
+    """Converted .pkl weights carry their input conventions: refuse a config that disagrees.
+    Every file detectron2's checkpointer will unpickle is first read by the safe reader, which
+    refuses one that would run code (the checkpointer's own loaders would run it)."""
     path = cfg.MODEL.WEIGHTS
     if path and path.endswith(".pkl"):
         if not Path(path).is_file():
@@ -60,6 +62,11 @@ def check_weights(cfg: CfgNode) -> None:
         _, meta = load_detectron2_weights(path)
         if meta:
             check_conventions(cfg, meta, path)
+    elif path and Path(path).is_file():
+        read_checkpoint(path)
+    last = last_checkpoint(Path(cfg.OUTPUT_DIR)) if resume else None
+    if last is not None:
+        read_checkpoint(last)
 
 
 def load_eval_weights(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> int:
@@ -104,7 +111,7 @@ def worker(cfg: CfgNode, config_path: str, data_root: Optional[str], resume: boo
         cfg.SEED = load_d2_config(str(stored)).SEED
     cfg.SEED = resolve_seed(cfg.SEED)
     seed_all_rng(cfg.SEED + comm.get_rank())
-    check_weights(cfg)
+    check_weights(cfg, resume)
     cfg.freeze()
     if eval_only:
         model = Trainer.build_model(cfg)
