@@ -1,4 +1,5 @@
-"""MoCo v1/v2 self-supervised pretraining of a torchvision ResNet.
+"""MoCo v1/v2 self-supervised pretraining of a torchvision ResNet (MOCO.MECHANISM: moco, or
+the paper's end_to_end and memory_bank baselines; MOCO.SHUFFLE_BN on or off).
 
 Reads a config (configs/pretrain/*.yaml, merged onto pretrain/defaults.yaml; KEY VALUE
 pairs after the options override it) and an image folder (DATA.PATH or --data: an
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench import dist as mdist
-from mocobench.pretrain.config import load_pretrain_config
+from mocobench.pretrain.config import load_pretrain_config, validate_mechanism
 from mocobench.pretrain.train import pretrain
 
 
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
+    validate_mechanism(cfg, args.config)
     try:
         final = pretrain(cfg, out_dir, args.resume)
         if mdist.is_main():

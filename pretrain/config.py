@@ -47,6 +47,26 @@ def _validate(cfg: CfgNode, source: str) -> None:
         raise UserError(f"{source}: MODEL: {e}") from None
 
 
+MECHANISMS = ("moco", "end_to_end", "memory_bank")
+
+
+def validate_mechanism(cfg: CfgNode, source: str | os.PathLike) -> None:
+    """The dictionary constraints of pretraining (not of the other commands sharing this tree)."""
+    c, batch = cfg.MOCO, cfg.SOLVER.BATCH_SIZE
+    if c.MECHANISM not in MECHANISMS:
+        raise UserError(f"{source}: MOCO.MECHANISM must be one of {', '.join(MECHANISMS)}, got {c.MECHANISM!r}")
+    if c.MECHANISM == "moco" and c.K % batch:
+        raise UserError(f"{source}: MOCO.K {c.K} is not divisible by the global batch SOLVER.BATCH_SIZE {batch}: "
+                        "the queue is replaced a whole batch at a time")
+    if c.MECHANISM == "end_to_end" and c.K != batch:
+        raise UserError(f"{source}: MOCO.K {c.K} must equal SOLVER.BATCH_SIZE {batch} with MOCO.MECHANISM "
+                        "end_to_end (its dictionary is the current batch)")
+    if not 0.0 <= c.BANK_MOMENTUM < 1.0:
+        raise UserError(f"{source}: MOCO.BANK_MOMENTUM must be in [0, 1), got {c.BANK_MOMENTUM}")
+    if not 0.0 <= c.M <= 1.0:
+        raise UserError(f"{source}: MOCO.M must be in [0, 1], got {c.M}")
+
+
 def resnet_shape(cfg: CfgNode) -> ResNetShape:
     m = cfg.MODEL
     return ResNetShape(depth=m.DEPTH, stem_out_channels=m.STEM_OUT_CHANNELS,

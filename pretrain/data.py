@@ -69,10 +69,11 @@ def read_rgb(path: str) -> Image.Image:
 
 
 class ImageDataset(Dataset):
-    """(transformed image, label) with augmentation seeded by (seed, epoch, index)."""
+    """(transformed image, label) with augmentation seeded by (seed, epoch, index); with
+    ``indexed``, (transformed image, label, index): the memory bank keeps one entry per index."""
 
-    def __init__(self, samples: list[Sample], transform: Callable, seed: int = 0) -> None:
-        self.samples, self.transform, self.seed = samples, transform, seed
+    def __init__(self, samples: list[Sample], transform: Callable, seed: int = 0, indexed: bool = False) -> None:
+        self.samples, self.transform, self.seed, self.indexed = samples, transform, seed, indexed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -90,7 +91,8 @@ class ImageDataset(Dataset):
             torch.manual_seed(sample_seed)
             random.seed(sample_seed)
             try:
-                return self.transform(image), label
+                out = self.transform(image)
+                return (out, label, index) if self.indexed else (out, label)
             finally:
                 random.setstate(state)
 

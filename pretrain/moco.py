@@ -67,18 +67,41 @@ class QueueLogits(torch.autograd.Function):
         return grad_q, None, None, None
 
 
-class MoCo(nn.Module):
-    def __init__(self, encoder: nn.Module, dim: int = 128, K: int = 65536, m: float = 0.999,
-                 T: float = 0.07) -> None:
+class Contrastive(nn.Module):
+    """What the training loop reads from every dictionary mechanism (MoCo, EndToEnd,
+    MemoryBank): ``encoder_q``, the encoder SGD trains and checkpoints export;
+    ``forward(im_q, im_k, index) -> (logits, labels)``; the dictionary's current keys; and
+    the batch accuracy of the last step."""
+
+    encoder_q: nn.Module
+
+    def __init__(self) -> None:
         super().__init__()
-        self.K, self.m, self.T = K, m, T
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (q / T, k) of the last step
+
+    @property
+    def batch_top1(self) -> torch.Tensor:
+        """``batch_accuracy`` of the last step's queries and keys (NaN before any step)."""
+        if self._last_batch is None:
+            return torch.tensor(float("nan"))
+        return batch_accuracy(*self._last_batch)
+
+    def keys(self) -> torch.Tensor:
+        """The dictionary's keys as columns (d, K), for the collapse monitor."""
+        raise NotImplementedError
+
+
+class MoCo(Contrastive):
+    def __init__(self, encoder: nn.Module, dim: int = 128, K: int = 65536, m: float = 0.999,
+                 T: float = 0.07, shuffle_bn: bool = True) -> None:
+        super().__init__()
+        self.K, self.m, self.T, self.shuffle_bn = K, m, T, shuffle_bn
         self.encoder_q = encoder
         self.encoder_k = copy.deepcopy(encoder)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # (q, k) of the last contrast()
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -108,25 +131,22 @@ class MoCo(nn.Module):
         self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
         self.queue_ptr[0] = (ptr + n) % self.K
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (N, 1+K) of [positive, K negatives] / T, and labels (N,) all 0 (the positive).
 
         As in the authors' builder, the momentum update runs here, before the keys are
-        encoded, from the query parameters the previous optimizer step left.
+        encoded, from the query parameters the previous optimizer step left. ``index``
+        (the images' dataset indices) is not needed here.
         """
         q = self.encoder_q(im_q)
         with torch.no_grad():
             self.momentum_update()
-            shuffled, unshuffle = shuffle_batch(im_k)
-            k = unshuffle(self.encoder_k(shuffled))
+            k = encode_keys(self.encoder_k, im_k, self.shuffle_bn)
         return self.contrast(q, k)
 
-    @property
-    def batch_top1(self) -> torch.Tensor:
-        """``batch_accuracy`` of the last step's queries and keys (NaN before any step)."""
-        if self._last_batch is None:
-            return torch.tensor(float("nan"))
-        return batch_accuracy(*self._last_batch)
+    def keys(self) -> torch.Tensor:
+        return self.queue
 
     def contrast(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The InfoNCE logits of encoded queries and keys (both unnormalised), then the
@@ -143,10 +163,24 @@ class MoCo(nn.Module):
         return logits, labels
 
 
+def encode_keys(encoder: nn.Module, im_k: torch.Tensor, shuffle_bn: bool) -> torch.Tensor:
+    """``encoder(im_k)``, through a shuffled batch when ``shuffle_bn`` (so no key shares BN
+    statistics with its own query); differentiable when the encoder is."""
+    if not shuffle_bn:
+        return encoder(im_k)
+    shuffled, unshuffle = shuffle_batch(im_k)
+    return unshuffle(encoder(shuffled))
+
+
+def cfg_encoder(cfg: CfgNode, shape: ResNetShape) -> nn.Module:
+    """The query encoder a pretraining config describes (every mechanism starts from it)."""
+    c = cfg.MOCO
+    return build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS, cfg.MODEL.RESIDUAL_BN_GAMMA)
+
+
 def build_moco(cfg: CfgNode, shape: ResNetShape) -> MoCo:
     c = cfg.MOCO
-    encoder = build_encoder(shape, c.DIM, c.MLP, c.SPLIT_BN_GROUPS, cfg.MODEL.RESIDUAL_BN_GAMMA)
-    return MoCo(encoder, dim=c.DIM, K=c.K, m=c.M, T=c.T)
+    return MoCo(cfg_encoder(cfg, shape), dim=c.DIM, K=c.K, m=c.M, T=c.T, shuffle_bn=c.SHUFFLE_BN)
 
 
 @torch.no_grad()
@@ -173,6 +207,8 @@ def batch_accuracy(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (sim.argmax(dim=1) == torch.arange(len(q), device=q.device)).float().mean()
 
 
-def instance_accuracy(logits: torch.Tensor) -> float:
-    """Top-1 of the instance-discrimination task: how often the positive beats all K negatives."""
-    return (logits.argmax(dim=1) == 0).float().mean().item()
+def instance_accuracy(logits: torch.Tensor, labels: torch.Tensor | None = None) -> float:
+    """Top-1 of the instance-discrimination task: how often the positive (column ``labels``,
+    default 0) beats all K negatives."""
+    target = 0 if labels is None else labels
+    return (logits.argmax(dim=1) == target).float().mean().item()

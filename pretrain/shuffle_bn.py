@@ -68,12 +68,34 @@ def gather_batches(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward hands each rank the gradient of its own rows, summed over
+    the ranks that used them (the end-to-end keys are negatives on every rank)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows = x.shape[0]
+        return gather_batches(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[mdist.rank() * ctx.rows:(mdist.rank() + 1) * ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``gather_batches`` that gradients flow back through; the identity in one process."""
+    return _GatherWithGrad.apply(x) if mdist.is_distributed() else x
+
+
 @torch.no_grad()
 def shuffle_batch(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """This rank's slice of the globally permuted batch, and the function that undoes it.
 
     The undo function takes this rank's encoded slice and returns the encodings of this
-    rank's original samples, in their original order.
+    rank's original samples, in their original order; gradients flow back through it
+    (end-to-end keys are encoded with gradients).
     """
     world, rank = mdist.world_size(), mdist.rank()
     gathered = gather_batches(x)
@@ -86,6 +108,6 @@ def shuffle_batch(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor
     per_rank = n // world
 
     def unshuffle(y: torch.Tensor) -> torch.Tensor:
-        return gather_batches(y)[restore.view(world, per_rank)[rank]]
+        return gather_with_grad(y)[restore.view(world, per_rank)[rank]]
 
     return gathered[perm.view(world, per_rank)[rank]], unshuffle

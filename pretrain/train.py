@@ -1,4 +1,5 @@
-"""MoCo pretraining loop: DDP, shuffle-BN, checkpoints, exact resume, metrics.jsonl.
+"""Contrastive pretraining loop (MoCo, end-to-end or memory bank): DDP, shuffle-BN,
+checkpoints, exact resume, metrics.jsonl.
 
 One code path for every scale: a ResNet-50 on ImageNet over 8 GPUs and the demo's
 narrow ResNet-50 on 64-pixel crops on two CPU cores differ only in config values.
@@ -24,46 +25,47 @@ from mocobench.pretrain.augment import moco_transform
 from mocobench.pretrain.config import resnet_shape
 from mocobench.pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, user_errors_from_workers
 from mocobench.pretrain.knn import evaluate as knn_evaluate
-from mocobench.pretrain.moco import MoCo, build_moco, instance_accuracy, key_similarity
+from mocobench.pretrain.mechanisms import build_model
+from mocobench.pretrain.moco import Contrastive, instance_accuracy, key_similarity
 from mocobench.pretrain.schedule import learning_rate
 
 
 def check_batch(cfg: CfgNode, world: int) -> int:
-    """The per-process batch; refuses sizes the queue and BN groups cannot divide."""
-    batch, K, groups = cfg.SOLVER.BATCH_SIZE, cfg.MOCO.K, cfg.MOCO.SPLIT_BN_GROUPS
+    """The per-process batch; refuses sizes the processes and BN groups cannot divide
+    (the dictionary's own constraints are checked at config load: validate_mechanism)."""
+    batch, groups = cfg.SOLVER.BATCH_SIZE, cfg.MOCO.SPLIT_BN_GROUPS
     if batch % world:
         raise UserError(f"SOLVER.BATCH_SIZE {batch} is not divisible by the {world} processes")
-    if K % batch:
-        raise UserError(f"MOCO.K {K} is not divisible by the global batch SOLVER.BATCH_SIZE {batch}: "
-                        "the queue is replaced a whole batch at a time")
     if (batch // world) % groups:
         raise UserError(f"per-process batch {batch // world} is not divisible by MOCO.SPLIT_BN_GROUPS {groups}")
     return batch // world
 
 
-def make_optimizer(cfg: CfgNode, moco: MoCo) -> torch.optim.SGD:
-    """SGD on the query encoder only: the key encoder moves by the momentum update."""
+def make_optimizer(cfg: CfgNode, moco: Contrastive) -> torch.optim.SGD:
+    """SGD on the query encoder only: MoCo's key encoder moves by the momentum update."""
     return torch.optim.SGD(moco.encoder_q.parameters(), lr=learning_rate(cfg, 0),
                            momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               im_q: torch.Tensor, im_k: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MoCo iteration (InfoNCE loss, backward, SGD step); returns (loss, logits).
+               im_q: torch.Tensor, im_k: torch.Tensor, amp: bool,
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One iteration (InfoNCE loss, backward, SGD step); returns (loss, logits, labels).
+    ``index``: the images' dataset indices (the memory bank's entries).
 
     A function of its own so the benchmarks time exactly the step the training loop runs.
     """
     with torch.autocast(im_q.device.type, enabled=amp):
-        logits, labels = model(im_q, im_k)
+        logits, labels = model(im_q, im_k, index)
         loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return loss, logits
+    return loss, logits, labels
 
 
-def _state(cfg: CfgNode, moco: MoCo, optimizer, scaler, epoch: int, position: int, iteration: int) -> dict:
+def _state(cfg: CfgNode, moco: Contrastive, optimizer, scaler, epoch: int, position: int, iteration: int) -> dict:
     return {
         "epoch": epoch, "arch": f"resnet{cfg.MODEL.DEPTH}",
         "state_dict": {"module." + k: v for k, v in moco.state_dict().items()},
@@ -74,7 +76,7 @@ def _state(cfg: CfgNode, moco: MoCo, optimizer, scaler, epoch: int, position: in
 
 
 def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
-    """Run (or continue) MoCo pretraining; returns the final checkpoint's path."""
+    """Run (or continue) pretraining; returns the final checkpoint's path."""
     device = mdist.init_from_env(cfg.TRAIN.DEVICE)
     world, main = mdist.world_size(), mdist.is_main()
     per_rank = check_batch(cfg, world)
@@ -83,13 +85,16 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
     amp, channels_last = on_gpu and cfg.TRAIN.AMP, on_gpu and cfg.TRAIN.CHANNELS_LAST
 
     torch.manual_seed(cfg.TRAIN.SEED)
-    moco = build_moco(cfg, resnet_shape(cfg)).to(device)
+    try:
+        moco = build_model(cfg, resnet_shape(cfg), len(samples)).to(device)
+    except ValueError as e:
+        raise UserError(f"{cfg.DATA.PATH}: MOCO.K {cfg.MOCO.K} with MOCO.MECHANISM {cfg.MOCO.MECHANISM}: {e}") from None
     if channels_last:
         moco = moco.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, moco)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
-    dataset = ImageDataset(samples, moco_transform(cfg), seed=cfg.TRAIN.SEED)
+    dataset = ImageDataset(samples, moco_transform(cfg), seed=cfg.TRAIN.SEED, indexed=True)
     sampler = ResumableSampler(dataset, shuffle=True, seed=cfg.TRAIN.SEED)
     iters_per_epoch = len(sampler.inner) // per_rank
     if iters_per_epoch == 0:
@@ -130,17 +135,17 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
         loader = make_loader(dataset, per_rank, sampler, cfg.DATA.NUM_WORKERS, drop_last=True, pin_memory=on_gpu)
         tick = time.perf_counter()
         with user_errors_from_workers():
-            for (im_q, im_k), _ in loader:
+            for (im_q, im_k), _, index in loader:
                 im_q, im_k = im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
                 if channels_last:
                     im_q, im_k = (t.contiguous(memory_format=torch.channels_last) for t in (im_q, im_k))
-                loss, logits = train_step(model, optimizer, scaler, im_q, im_k, amp)
+                loss, logits, labels = train_step(model, optimizer, scaler, im_q, im_k, amp, index.to(device))
                 iteration, position = iteration + 1, position + 1
                 if iteration % cfg.TRAIN.LOG_PERIOD == 0 or iteration == total:
                     now = time.perf_counter()
                     speed = cfg.SOLVER.BATCH_SIZE * cfg.TRAIN.LOG_PERIOD / max(now - tick, 1e-9)
-                    values = dict(epoch=epoch, loss=loss.item(), acc1=100 * instance_accuracy(logits),
-                                  acc1_batch=100 * moco.batch_top1.item(), key_cos=key_similarity(moco.queue),
+                    values = dict(epoch=epoch, loss=loss.item(), acc1=100 * instance_accuracy(logits, labels),
+                                  acc1_batch=100 * moco.batch_top1.item(), key_cos=key_similarity(moco.keys()),
                                   lr=lr, images_per_s=speed)
                     log.write(iter=iteration, **values)
                     progress.report(iteration, **values)

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from mocobench.resnet import ResNetShape
 from mocobench.pretrain.moco import build_encoder
-from mocobench.pretrain.shuffle_bn import gather_batches, shuffle_batch
+from mocobench.pretrain.shuffle_bn import gather_batches, gather_with_grad, shuffle_batch
 from pretrain_tiny import ROOT, write_images, write_tiny_config
 
 
@@ -47,6 +47,20 @@ def _shuffle_worker(rank: int, port: int) -> None:
 
 def test_keys_through_shuffle_and_unshuffle_equal_unshuffled_keys():
     mp.spawn(_shuffle_worker, args=(free_port(),), nprocs=2, join=True)
+
+
+def _gather_grad_worker(rank: int, port: int) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    x = torch.full((2, 3), float(rank + 1), requires_grad=True)
+    weights = torch.arange(12.0).view(4, 3) * (rank + 1)  # each rank weighs all four rows its own way
+    (gather_with_grad(x) * weights).sum().backward()
+    # d(sum of both ranks' losses)/dx: this rank's rows, weighed by rank 0 (x1) and rank 1 (x2)
+    assert torch.equal(x.grad, torch.arange(12.0).view(4, 3)[2 * rank:2 * rank + 2] * 3)
+    dist.destroy_process_group()
+
+
+def test_end_to_end_keys_gathered_across_processes_get_every_ranks_gradient():
+    mp.spawn(_gather_grad_worker, args=(free_port(),), nprocs=2, join=True)
 
 
 def test_two_process_training_runs(tmp_path):
