@@ -95,3 +95,18 @@ def test_bad_input_exits_2_without_metrics(cli, tmp_path, data, extra, opts, mes
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_precise_bn_runs_before_each_evaluation_and_is_checkpointed(cli, tmp_path, data):
+    """detectron2's hook order: precise BN, checkpoint, evaluation, at every EVAL_PERIOD."""
+    import torch
+
+    opts = ("TEST.EVAL_PERIOD", "2", "TEST.PRECISE_BN.NUM_ITER", "3")
+    r = transfer(cli, "demo_voc_C4", tmp_path / "run", data, opts=opts)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("precise BN over 3 batches") == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in log if "eval" in e] == [1]
+    state = torch.load(tmp_path / "run" / "model_0000001.pth", weights_only=False)["model"]
+    tracked = {int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    assert tracked == {3}  # every trained BN: the 3 precise-BN batches, not the 2 training steps

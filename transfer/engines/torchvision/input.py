@@ -132,24 +132,51 @@ def _permutation(n: int, seed: int, epoch: int) -> list[int]:
 
 class TrainBatches(torch.utils.data.Dataset):
     """Item ``it`` = this rank's share of global batch ``it`` (detectron2's TrainingSampler:
-    one endless stream of seeded permutations, each rank taking its slice)."""
+    one endless stream of seeded permutations, each rank taking its slice).
+
+    ``group_by_aspect`` (DATALOADER.ASPECT_RATIO_GROUPING): as detectron2's
+    AspectRatioGroupedDataset, the rank's stream fills two buckets (wider than tall, or not)
+    and a batch is the next bucket to fill, so a batch pads less. The buckets are replayed
+    from the stream's start, which keeps item ``it`` a pure function of (seed, it, rank).
+    """
 
     def __init__(self, records: list[dict], mapper: TrainMapper, seed: int, global_batch: int,
-                 rank: int, world: int, length: int) -> None:
+                 rank: int, world: int, length: int, group_by_aspect: bool = False) -> None:
         if global_batch % world:
             raise UserError(f"SOLVER.IMS_PER_BATCH {global_batch} does not split over {world} processes")
         self.records, self.mapper, self.seed = records, mapper, seed
         self.per_rank, self.rank, self.world, self.length = global_batch // world, rank, world, length
+        self.wide = [r["width"] > r["height"] for r in records] if group_by_aspect else None
+        self.grouped: list[list[int]] = []  # positions of each batch replayed so far
+        self.buckets: tuple[list[int], list[int]] = ([], [])
+        self.streamed = 0  # positions of this rank's stream handed to the buckets
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, it: int) -> list[tuple[torch.Tensor, dict]]:
+    def record_index(self, pos: int) -> int:
         n = len(self.records)
-        out = []
-        first = (it * self.world + self.rank) * self.per_rank
-        for pos in range(first, first + self.per_rank):
-            index = _permutation(n, self.seed, pos // n)[pos % n]
-            rng = np.random.default_rng([self.seed, pos])
-            out.append(self.mapper(self.records[index], rng))
-        return out
+        return _permutation(n, self.seed, pos // n)[pos % n]
+
+    def stream_position(self, k: int) -> int:
+        """The k-th position of this rank's stream: its slices of consecutive global batches."""
+        batch, offset = divmod(k, self.per_rank)
+        return (batch * self.world + self.rank) * self.per_rank + offset
+
+    def positions(self, it: int) -> list[int]:
+        if self.wide is None:
+            first = self.stream_position(it * self.per_rank)
+            return list(range(first, first + self.per_rank))
+        while len(self.grouped) <= it:
+            pos = self.stream_position(self.streamed)
+            self.streamed += 1
+            bucket = self.buckets[int(self.wide[self.record_index(pos)])]
+            bucket.append(pos)
+            if len(bucket) == self.per_rank:
+                self.grouped.append(bucket[:])
+                bucket.clear()
+        return self.grouped[it]
+
+    def __getitem__(self, it: int) -> list[tuple[torch.Tensor, dict]]:
+        return [self.mapper(self.records[self.record_index(pos)], np.random.default_rng([self.seed, pos]))
+                for pos in self.positions(it)]

@@ -73,6 +73,12 @@ def load_run_checkpoint(path: str, model: torch.nn.Module) -> dict:
     return ckpt
 
 
+def precise_bn_rounds(cfg: CfgNode) -> int:
+    """Precise BN runs before each intermediate evaluation and after the last iteration."""
+    period = cfg.TEST.EVAL_PERIOD
+    return 1 + ((cfg.SOLVER.MAX_ITER - 1) // period if period > 0 else 0)
+
+
 class DetectionTrainer:
     def __init__(self, cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: str) -> None:
         self.cfg, self.out, self.data_root, self.config_path = cfg, out_dir, data_root, config_path
@@ -156,7 +162,8 @@ class DetectionTrainer:
                 broadcast_buffers=False)
         mapper = TrainMapper(cfg, cfg.MODEL.MASK_ON)
         batches = TrainBatches(records, mapper, cfg.SEED, s.IMS_PER_BATCH, self.rank, self.world,
-                               s.MAX_ITER + cfg.TEST.PRECISE_BN.NUM_ITER)
+                               s.MAX_ITER + precise_bn_rounds(cfg) * cfg.TEST.PRECISE_BN.NUM_ITER,
+                               cfg.DATALOADER.ASPECT_RATIO_GROUPING)
         loader = torch.utils.data.DataLoader(batches, sampler=range(start, s.MAX_ITER), batch_size=None,
                                              num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=lambda b: b,
                                              # its own generator: drawing the workers' base seed from
@@ -187,13 +194,17 @@ class DetectionTrainer:
                 t_last = now
                 log.write(**entry)
                 progress.report(done, loss=entry["total_loss"], lr=lr)
+            period = cfg.TEST.EVAL_PERIOD
+            evaluate = period > 0 and done % period == 0 and done < s.MAX_ITER
+            # detectron2's hook order: precise BN, then the checkpoint (which keeps its statistics), then evaluation
+            if evaluate and cfg.TEST.PRECISE_BN.ENABLED:
+                self.precise_bn(model, batches, done // period - 1)
             if s.CHECKPOINT_PERIOD > 0 and done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER:
                 self.save(f"model_{it:07d}.pth", model, optimizer, scaler, done)
-            period = cfg.TEST.EVAL_PERIOD
-            if period > 0 and done % period == 0 and done < s.MAX_ITER:
+            if evaluate:
                 log.write(iter=it, eval=self.evaluate(model))
         if cfg.TEST.PRECISE_BN.ENABLED:
-            self.precise_bn(model, batches)
+            self.precise_bn(model, batches, precise_bn_rounds(cfg) - 1)
         if self.world > 1:  # evidence that the ranks' BN statistics agree (checkpoints hold rank 0's)
             torch_save(self.out / f"bn_stats_rank{self.rank}.pth",
                        {k: v.cpu() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))})
@@ -212,10 +223,12 @@ class DetectionTrainer:
         dist.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(values, t)}
 
-    def precise_bn(self, model: DetectronRCNN, batches: TrainBatches) -> None:
+    def precise_bn(self, model: DetectronRCNN, batches: TrainBatches, round_index: int) -> None:
+        """Round k reads the k-th NUM_ITER batches after the last training batch (detectron2's
+        PreciseBN hook also continues one data stream from round to round)."""
         n = self.cfg.TEST.PRECISE_BN.NUM_ITER
-        max_iter = self.cfg.SOLVER.MAX_ITER
-        stream = (batches[i] for i in range(max_iter, max_iter + n))
+        first = self.cfg.SOLVER.MAX_ITER + round_index * n
+        stream = (batches[i] for i in range(first, first + n))
         model.train()
         used = update_bn_stats(model, stream, lambda b: model(*self.to_device(b)), n)
         if self.main:
