@@ -42,11 +42,15 @@ def top1(net: nn.Module, loader, device: torch.device) -> float:
 
 
 def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter], out_dir: Path,
-                     resume: bool, frozen_trunk: bool, label: str, device: torch.device) -> dict:
-    """Train ``params`` of ``net`` with cross-entropy; returns {"top1": val %, "epochs"}.
+                     resume: bool, frozen_trunk: bool, label: str, device: torch.device,
+                     report: str = "last") -> dict:
+    """Train ``params`` of ``net`` with cross-entropy; returns {"top1": val % of the
+    ``report``ed epoch, "reported": "best" | "last", "top1_best", "best_epoch", "top1_last",
+    "epochs", "classes"}.
 
     With ``frozen_trunk`` the network stays in eval mode throughout (the linear protocol:
-    BN statistics of the pretrained trunk are not updated).
+    BN statistics of the pretrained trunk are not updated). ``report="best"`` is the
+    authors' main_lincls.py: the best val top-1 over the epochs (selected on val itself).
     """
     world, main = mdist.world_size(), mdist.is_main()
     if cfg.SOLVER.BATCH_SIZE % world:
@@ -64,13 +68,15 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     val_loader = make_loader(val_set, per_rank, SequentialSampler(val_set), cfg.DATA.NUM_WORKERS, drop_last=False)
     optimizer = torch.optim.SGD(params, lr=learning_rate(cfg, 0), momentum=cfg.SOLVER.MOMENTUM,
                                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    epoch = iteration = 0
+    epoch = iteration = best_epoch = 0
+    best = float("nan")
     last = last_checkpoint(out_dir) if resume else None
     if last is not None:
         state = read_checkpoint(last)
         net.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, iteration = state["epoch"], state["iteration"]
+        best, best_epoch = state.get("best_top1", best), state.get("best_epoch", 0)
         checkpoint.set_rng_state(state["rng"])
     model = (DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
              if world > 1 else net)
@@ -106,16 +112,20 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
                     tick = now
         epoch += 1
         acc = top1(net, val_loader, device)
+        if not acc <= best:  # also the first epoch (best is NaN)
+            best, best_epoch = acc, epoch
         net.train(not frozen_trunk)
         log.write(iter=iteration, epoch=epoch, val_top1=acc)
         if main:
             checkpoint.save(out_dir, "checkpoint_last.pth.tar", {
                 "epoch": epoch, "iteration": iteration, "state_dict": net.state_dict(),
-                "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(), "config": cfg.dump()})
+                "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(), "config": cfg.dump(),
+                "best_top1": best, "best_epoch": best_epoch})
         mdist.barrier()
     if acc != acc:  # resumed after the last epoch: evaluate what was trained
         acc = top1(net, val_loader, device)
-    result = {"top1": acc, "epochs": cfg.SOLVER.EPOCHS, "classes": classes}
+    result = {"top1": best if report == "best" else acc, "reported": report, "top1_best": best,
+              "best_epoch": best_epoch, "top1_last": acc, "epochs": cfg.SOLVER.EPOCHS, "classes": classes}
     if main:
         write_json(out_dir / "metrics.json", result)
     return result

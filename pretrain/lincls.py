@@ -1,13 +1,15 @@
 """Linear classification protocol: a frozen pretrained trunk (BN in eval mode) and a
 linear fc on its pooled features, trained on a labelled ImageFolder (DATA.PATH or --data:
-a root with train/<class>/* and val/<class>/*); reports val top-1.
+a root with train/<class>/* and val/<class>/*); reports the best val top-1 over the epochs,
+as the authors' main_lincls.py does (metrics.json also gives the last epoch's).
 
 Paper hyper-parameters (configs/pretrain/lincls_r50.yaml): SGD lr 30, weight decay 0,
 momentum 0.9, batch 256, 100 epochs, lr x0.1 at epochs 60 and 80; fc initialised
 N(0, 0.01), bias 0. --weights reads a MoCo checkpoint (ours or the authors') or a
 torchvision state dict; the trunk's shape is read off the weights. Writes config.yaml,
 metrics.jsonl, checkpoint_last.pth.tar (per epoch, for --resume) and metrics.json
-({"top1", "epochs", "classes"}) in the output directory.
+({"top1": the best epoch's, "reported": "best", "top1_best", "best_epoch", "top1_last",
+"epochs", "classes"}) in the output directory.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = mdist.init_from_env(cfg.TRAIN.DEVICE)
         result = train_classifier(cfg, net.to(device), net.fc.parameters(), out_dir, args.resume,
-                                  frozen_trunk=True, label="lincls", device=device)
+                                  frozen_trunk=True, label="lincls", device=device, report="best")
         if mdist.is_main():
-            print(f"lincls top-1 {result['top1']:.2f}% ({args.weights})")
+            print(f"lincls top-1 {result['top1']:.2f}% (best, epoch {result['best_epoch']}; "
+                  f"last {result['top1_last']:.2f}%) ({args.weights})")
     finally:
         mdist.cleanup()
     return 0

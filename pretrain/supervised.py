@@ -6,7 +6,7 @@ Writes model_final.pth, a torchvision-layout state dict (conv1.weight ... fc.bia
 atomically with torch.save: the "supervised" init of the transfer tables at small scale,
 read by `mocobench convert` like torchvision's own ImageNet weights. Also config.yaml,
 metrics.jsonl, checkpoint_last.pth.tar (per epoch, for --resume) and metrics.json
-({"top1", "epochs", "classes"}). Under torchrun, BN layers become SyncBatchNorm on GPU.
+({"top1": the last epoch's, the model exported; "top1_best", "best_epoch" ...}). Under torchrun, BN layers become SyncBatchNorm on GPU.
 """
 
 from __future__ import annotations
