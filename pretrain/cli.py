@@ -25,6 +25,7 @@ from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.pretrain.config import load_pretrain_config, validate_mechanism
 from mocobench.pretrain.train import pretrain
+from mocobench.run_lock import run_folder
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
     validate_mechanism(cfg, args.config)
     try:
-        final = pretrain(cfg, out_dir, args.resume)
+        with run_folder(out_dir, "pretrain"):
+            final = pretrain(cfg, out_dir, args.resume)
         if mdist.is_main():
             print(final)
     finally:

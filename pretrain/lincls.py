@@ -21,6 +21,7 @@ import torch
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.resnet import build_resnet
+from mocobench.run_lock import run_folder
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.classifier import train_classifier
 from mocobench.pretrain.cli import add_run_arguments, config_from_args
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     torch.nn.init.zeros_(net.fc.bias)
     try:
         device = mdist.init_from_env(cfg.TRAIN.DEVICE)
-        result = train_classifier(cfg, net.to(device), net.fc.parameters(), out_dir, args.resume,
-                                  frozen_trunk=True, label="lincls", device=device, report="best")
+        with run_folder(out_dir, "lincls"):
+            result = train_classifier(cfg, net.to(device), net.fc.parameters(), out_dir, args.resume,
+                                      frozen_trunk=True, label="lincls", device=device, report="best")
         if mdist.is_main():
             print(f"lincls top-1 {result['top1']:.2f}% (best, epoch {result['best_epoch']}; "
                   f"last {result['top1_last']:.2f}%) ({args.weights})")

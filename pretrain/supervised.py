@@ -18,6 +18,7 @@ import torch
 from mocobench import dist as mdist
 from mocobench.atomic import torch_save
 from mocobench.resnet import build_resnet
+from mocobench.run_lock import run_folder
 from mocobench.pretrain.classifier import train_classifier
 from mocobench.pretrain.cli import add_run_arguments, config_from_args
 from mocobench.pretrain.config import resnet_shape
@@ -38,11 +39,13 @@ def run(args: argparse.Namespace) -> int:
         if mdist.world_size() > 1 and device.type == "cuda":
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = net.to(device)
-        result = train_classifier(cfg, net, net.parameters(), out_dir, args.resume,
-                                  frozen_trunk=False, label="supervised", device=device)
-        if mdist.is_main():
+        with run_folder(out_dir, "supervised"):
+            result = train_classifier(cfg, net, net.parameters(), out_dir, args.resume,
+                                      frozen_trunk=False, label="supervised", device=device)
             path = out_dir / "model_final.pth"
-            torch_save(path, {k: v.cpu() for k, v in net.state_dict().items()})
+            if mdist.is_main():
+                torch_save(path, {k: v.cpu() for k, v in net.state_dict().items()})
+        if mdist.is_main():
             print(f"supervised top-1 {result['top1']:.2f}%: {path}")
     finally:
         mdist.cleanup()

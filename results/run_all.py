@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_json
+from mocobench.run_lock import run_folder
 from mocobench.results.plan import DONE, PlannedRun, expand, reference_world_size, scaling_overrides
 from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
                             transfer_argv)
@@ -37,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inits", required=True, metavar="FILE",
                    help="YAML: init name -> {weights: converted .pkl (empty: random init), format: RGB|BGR}")
     add_trials_argument(p)
+    add_launch_arguments(p)
+
+
+def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+    """How and where jobs run (shared with the sweep command, which launches through ``launch``)."""
     p.add_argument("--engine", default="torchvision", choices=("torchvision", "detectron2"),
                    help="detection engine passed to mocobench transfer (default: torchvision)")
     p.add_argument("--launcher", default="local", choices=LAUNCHERS,
@@ -125,9 +131,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(jobs)} jobs in {len(tables)} tables: {summary}; world size {world}")
     if args.dry_run:
         return 0
-    for job, spec in specs:
-        write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
-    codes = launch(args, [s for _, s in specs], output, world)
+    # the whole output is one run: a second run-all on it would start every job a second time
+    with run_folder(output, "run-all", discard_new_on_failure=False):
+        for job, spec in specs:
+            write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
+        codes = launch(args, [s for _, s in specs], output, world)
     failed = [j.name for j, s in specs if codes.get(s.name) or read_metrics(j.run_dir, j.table.metrics) is None]
     failed += [j.name for j in missing]
     finished = len(specs) + len(missing) - len(failed)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from mocobench import dist as mdist
+from mocobench.run_lock import run_folder
 from mocobench.transfer.config import detection_defaults, load_detection_config
 
 ENGINES = ("torchvision", "detectron2")
@@ -61,14 +62,16 @@ def run(args: argparse.Namespace) -> int:
         require_detectron2()
         from mocobench.transfer.engines.detectron2.job import run_detectron2_job
 
-        metrics = run_detectron2_job(args, cfg, out_dir, data_root)
+        with run_folder(out_dir, "transfer"):
+            metrics = run_detectron2_job(args, cfg, out_dir, data_root)
     else:
         from mocobench.transfer.engines.torchvision.supported import check_supported
         from mocobench.transfer.engines.torchvision.train import run_job
 
         check_supported(cfg, detection_defaults(), args.config)
         try:
-            metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
+            with run_folder(out_dir, "transfer"):
+                metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
         finally:
             mdist.cleanup()
     if metrics is not None:

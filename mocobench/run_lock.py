@@ -1,0 +1,81 @@
+"""One process per run folder: an OS lock (flock) on a file inside the folder.
+
+Two runs writing one folder would interleave their logs and overwrite each other's
+checkpoints and results, so every command that writes a run folder (pretrain, lincls,
+supervised, transfer, run-all's output) holds its lock for the whole run. The kernel
+releases a flock when its holder exits, however it exits, so a killed run never blocks the
+next one; the lock file only records who holds it, for the refusal message.
+
+Under torchrun only rank 0 locks (the lock is taken before the process group forms, from
+the launcher's RANK): the other ranks write nothing of their own, and a refused rank 0
+exits, which makes torchrun stop the rest.
+
+While holding the lock a run also removes what a killed predecessor's atomic writes left
+(``.<name>.*.tmp``), and a folder this run created is removed again if the run fails
+before anything in it can be resumed, so a refused input leaves no half-made run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from mocobench import UserError
+from mocobench.atomic import ensure_folder, stale_temp_files
+from mocobench.conventions import LAST_CHECKPOINT
+
+LOCK_FILE = ".lock"
+
+
+def _holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 1000).decode(errors="replace").strip()
+    return text or "another process (starting up)"
+
+
+def acquire(folder: Path, command: str) -> int:
+    """The open, locked lock file's descriptor; UserError naming the holder if it is taken."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise UserError(f"{folder}: in use by {holder}; one process per run folder "
+                        "(wait for it, or give another output folder)") from None
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} (mocobench {command}, "
+                 f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+    return fd
+
+
+def _is_lock_owner() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextlib.contextmanager
+def run_folder(folder: str | os.PathLike, command: str, discard_new_on_failure: bool = True) -> Iterator[Path]:
+    """Create ``folder`` if needed and hold its lock while the body runs (rank 0 only)."""
+    folder = Path(folder)
+    if not _is_lock_owner():
+        yield folder
+        return
+    created = ensure_folder(folder)
+    fd = acquire(folder, command)
+    try:
+        for stale in stale_temp_files(folder):
+            stale.unlink(missing_ok=True)
+        yield folder
+    except BaseException:
+        if created and discard_new_on_failure and not (folder / LAST_CHECKPOINT).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
