@@ -32,12 +32,14 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench.atomic import write_json, write_text
 from mocobench.config import load_config, load_defaults
+from mocobench.machine import describe
 from mocobench.progress import format_seconds
 from mocobench.resources import config_path
 from mocobench.threads import thread_env
 
 DEFAULTS_FILE = Path(__file__).with_name("demo.yaml")
 STAMP_FILE = "demo.json"  # in the output folder: the settings its results were made with
+MACHINE_KEY = "machine"
 # settings that change what the stages produce (threads, ETA seconds and TRIALS do not:
 # more trials only add seeds)
 RESULT_KEYS = ("SEED", "DATA_SCALE", "PRETRAIN_CONFIG", "SUPERVISED_CONFIG", "TABLES")
@@ -142,12 +144,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def claim_output_dir(out: Path, stamp: dict[str, str]) -> None:
+def claim_output_dir(out: Path, stamp: dict[str, str], machine: dict | None = None) -> None:
     """Resume only into a folder made with the same settings. The stages skip what is on
-    disk, so a rerun after a config edit would otherwise reuse the old backbones silently."""
+    disk, so a rerun after a config edit would otherwise reuse the old backbones silently.
+    ``machine`` (where the folder was first made) is recorded beside, never compared."""
     path = out / STAMP_FILE
     if not path.is_file():
-        write_json(path, stamp)
+        write_json(path, {**stamp, MACHINE_KEY: machine or {}})
         return
     try:
         old = json.loads(path.read_text())
@@ -180,7 +183,7 @@ class Eta:
             self.spent_measured += took
 
 
-def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, str]) -> None:
+def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     eta = Eta(expected)
     for i, stage in enumerate(stages, 1):
@@ -196,7 +199,9 @@ def run_stages(stages: list[Stage], expected: dict[str, float], env: dict[str, s
         took = time.perf_counter() - ts
         eta.record(stage.name, took)
         print(f"[demo {i}/{len(stages)}] {stage.name} finished in {format_seconds(took)}", flush=True)
-    print(f"[demo] all stages done in {format_seconds(time.perf_counter() - t0)}", flush=True)
+    took = time.perf_counter() - t0
+    print(f"[demo] all stages done in {format_seconds(took)}", flush=True)
+    return took
 
 
 def _run_lanes(stage: Stage, env: dict[str, str]) -> None:
@@ -225,11 +230,16 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if cfg.TRIALS < 1:
         raise UserError(f"TRIALS must be >= 1, got {cfg.TRIALS}")
-    claim_output_dir(out, fingerprint(cfg))
+    machine = describe(cfg.NUM_THREADS)
+    print(f"[demo] {machine['cpu']}, {machine['threads']} threads: sgemm {machine['sgemm_gflops']:.0f} GFLOP/s "
+          "(demo seconds x GFLOP/s compares times across machines)", flush=True)
+    claim_output_dir(out, fingerprint(cfg), machine)
     stages = build_stages(cfg, out, args.engine)
     expected = dict(cfg.EXPECTED_SECONDS)
     expected["detect"] *= cfg.TRIALS  # EXPECTED_SECONDS are for one trial
-    run_stages(stages, expected, env)
+    took = run_stages(stages, expected, env)
+    print(f"[demo] {took:.0f} s x {machine['sgemm_gflops']:.0f} GFLOP/s = {took * machine['sgemm_gflops']:.0f} "
+          "(machine-independent time; stages resumed from disk make it smaller)", flush=True)
     report = out / "report"
     print()
     print((report / "report.md").read_text())

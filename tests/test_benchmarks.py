@@ -34,3 +34,10 @@ def test_bench_eval_agrees_with_the_devkit_loop_and_times_coco():
 def test_bench_detect_runs_ours_and_stock():
     ratios = bench_detect.measure(64, 1, 1, torch.device("cpu"))
     assert ratios["stock_over_ours_bn"] > 0 and ratios["stock_over_ours"] > 0
+
+
+def test_bench_demo_reads_the_demos_stage_lines():
+    from benchmarks import bench_demo
+
+    printed = "[demo 1/5] data: synthetic\n[demo 1/5] data finished in 14s\n[demo 2/5] backbones finished in 4m54s\n"
+    assert bench_demo.stage_times(printed) == {"data": "14s", "backbones": "4m54s"}

@@ -7,6 +7,7 @@ the sizes are tiny. The second run must skip every finished stage and detection 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,9 @@ def test_demo_killed_during_detection_resumes_without_redoing_finished_work(tmp_
     report = (out / "report" / "report.md").read_text()
     assert "tiny demo table" in report and "moco" in report and "random" in report
     assert "tiny demo table" in text  # the tables are printed
+    assert "GFLOP/s" in text.splitlines()[0]  # the header names the machine's matmul rate
+    machine = json.loads((out / "demo.json").read_text())["machine"]
+    assert machine["sgemm_gflops"] > 0 and machine["threads"] == 2
 
 
 def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
@@ -90,8 +94,8 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     cfg = load_config(load_defaults(DEFAULTS_FILE), config, [])
-    claim_output_dir(out, fingerprint(cfg))
-    claim_output_dir(out, fingerprint(cfg))  # the same settings: fine
+    claim_output_dir(out, fingerprint(cfg), {"sgemm_gflops": 60.0})
+    claim_output_dir(out, fingerprint(cfg), {"sgemm_gflops": 200.0})  # same settings, other machine: fine
     assert main(["demo", "--output-dir", str(out), "--config", str(config), "SEED", "1"]) == 2
     err = capsys.readouterr().err
     assert STAMP_FILE in err and "(SEED)" in err
