@@ -1,0 +1,94 @@
+"""The torchvision engine equals detectron2, component by component (transfer/engines/parity.py):
+the same config, weights, images and targets, with deterministic sampling. Needs detectron2;
+run with ``pytest -m detectron2`` in an environment that has it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from engine_fixtures import DEMO, ROOT
+
+HAVE_D2 = importlib.util.find_spec("detectron2") is not None
+pytestmark = [pytest.mark.detectron2,
+              pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not importable (optional; README 'Engines' "
+                                 "says how to install it): the parity checks compare against it")]
+PAPER = ROOT / "configs" / "detection"
+# small images and few proposals: every check runs in seconds on one CPU thread
+SMALL = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "96",
+         "INPUT.MAX_SIZE_TEST", "160", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "32"]
+# the paper's configs at a reduced width (ResNet-50 layout) and class count
+NARROW = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+          "MODEL.RESNETS.WIDTH_PER_GROUP", "4", "MODEL.ROI_HEADS.NUM_CLASSES", "5"]
+CONFIGS = {"C4": (DEMO / "demo_voc_C4.yaml", SMALL), "DC5": (DEMO / "demo_voc_DC5.yaml", SMALL),
+           "C4-mask": (DEMO / "demo_coco_C4_mask.yaml", SMALL), "FPN-mask": (DEMO / "demo_coco_FPN_mask.yaml", SMALL),
+           "paper-VOC-C4": (PAPER / "voc_R_50_C4_24k.yaml", SMALL + NARROW),
+           "paper-COCO-FPN": (PAPER / "coco_R_50_FPN_1x.yaml", SMALL + NARROW)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_engine_equals_detectron2(name):
+    from mocobench.transfer.engines.parity import check_parity, format_table
+
+    config, overrides = CONFIGS[name]
+    rows = check_parity(str(config), overrides)
+    table = format_table(rows)
+    print(table)
+    components = " ".join(r.component for r in rows)
+    mask_on = "mask" in name or "COCO" in name
+    for part in ("precise BN", "loss_objectness", "loss_rpn_box_reg", "loss_cls", "loss_box_reg",
+                 "grad backbone", "detections", "boxes", "scores", "classes") + (("loss_mask", "masks") if mask_on else ()):
+        assert part in components, f"{part} not compared\n{table}"
+    assert all(r.ok for r in rows), table
+    assert next(r for r in rows if r.component == "detections").ours > 0  # something to compare
+
+
+def test_a_mismatch_fails_the_check():
+    """The comparison sees a difference: a changed RPN loss weight on our side only."""
+    from mocobench.transfer.engines.parity import build_pair, compare_training, synthetic_batch
+
+    pair = build_pair(str(DEMO / "demo_voc_C4.yaml"), SMALL)
+    pair.ours.rpn.loss_weight = 1.5
+    images, targets = synthetic_batch(pair.cfg)
+    rows = {r.component.split(" ")[0]: r for r in compare_training(pair, images, targets)}
+    assert not rows["loss_objectness"].ok and rows["loss_cls"].ok
+
+
+def plain(value):
+    """Tuples and lists alike (YAML has no tuples), nested too."""
+    return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def flatten(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = plain(value)
+    return out
+
+
+def test_defaults_yaml_equals_detectron2s_get_cfg():
+    """transfer/defaults.yaml is detectron2's get_cfg() key by key, plus the extension keys."""
+    from detectron2.config import get_cfg
+
+    from mocobench.transfer.config import detection_defaults
+    from mocobench.transfer.engines.detectron2.config import EXTENSION_KEYS, add_extension_keys
+
+    theirs = flatten(get_cfg())
+    ours = flatten(detection_defaults())
+    extensions = {k for k in ours if any(k == e or k.startswith(e + ".") for e in EXTENSION_KEYS)}
+    assert extensions and not extensions & set(theirs)
+    assert {k: v for k, v in ours.items() if k not in extensions} == theirs
+    assert flatten(add_extension_keys(get_cfg())) == ours
