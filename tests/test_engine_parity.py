@@ -12,9 +12,16 @@ import torch
 from engine_fixtures import DEMO, ROOT
 
 HAVE_D2 = importlib.util.find_spec("detectron2") is not None
-pytestmark = [pytest.mark.detectron2,
-              pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not importable (optional; README 'Engines' "
-                                 "says how to install it): the parity checks compare against it")]
+skip_without_d2 = pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not importable (optional; README "
+                                     "'Engines' says how to install it): the parity checks compare against it")
+D2 = [pytest.mark.detectron2, skip_without_d2]
+
+
+def needs_d2(test):
+    """Marked detectron2, and skipped saying why where it is not importable."""
+    return pytest.mark.detectron2(skip_without_d2(test))
+
+
 PAPER = ROOT / "configs" / "detection"
 # small images and few proposals: every check runs in seconds on one CPU thread
 SMALL = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "96",
@@ -36,7 +43,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=D2) for n in CONFIGS])
 def test_engine_equals_detectron2(name):
     from mocobench.transfer.engines.parity import check_parity, format_table
 
@@ -53,15 +60,34 @@ def test_engine_equals_detectron2(name):
     assert next(r for r in rows if r.component == "detections").ours > 0  # something to compare
 
 
-def test_a_mismatch_fails_the_check():
+@needs_d2
+def test_a_mismatch_fails_the_check(capsys):
     """The comparison sees a difference: a changed RPN loss weight on our side only."""
     from mocobench.transfer.engines.parity import build_pair, compare_training, synthetic_batch
+    from mocobench.transfer.parity_cli import report
 
     pair = build_pair(str(DEMO / "demo_voc_C4.yaml"), SMALL)
     pair.ours.rpn.loss_weight = 1.5
     images, targets = synthetic_batch(pair.cfg)
-    rows = {r.component.split(" ")[0]: r for r in compare_training(pair, images, targets)}
-    assert not rows["loss_objectness"].ok and rows["loss_cls"].ok
+    rows = compare_training(pair, images, targets)
+    by_name = {r.component.split(" ")[0]: r for r in rows}
+    assert not by_name["loss_objectness"].ok and by_name["loss_cls"].ok
+    assert report(rows) == 1
+    assert "above tolerance: loss_objectness" in capsys.readouterr().out
+
+
+@needs_d2
+def test_check_parity_command_passes_on_a_demo_config(cli):
+    done = cli("transfer", "--check-parity", "--config", DEMO / "demo_coco_FPN_mask.yaml", *SMALL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loss_mask / loss_mask" in done.stdout and "components within tolerance" in done.stdout
+
+
+@pytest.mark.skipif(HAVE_D2, reason="detectron2 is installed: the 'not installed' message cannot be seen")
+def test_check_parity_without_detectron2_says_so_in_one_line(cli):
+    done = cli("transfer", "--check-parity", "--config", DEMO / "demo_voc_C4.yaml")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--check-parity: detectron2 is not importable" in done.stderr
 
 
 def plain(value):
@@ -79,6 +105,7 @@ def flatten(node, prefix: str = "") -> dict:
     return out
 
 
+@needs_d2
 def test_defaults_yaml_equals_detectron2s_get_cfg():
     """transfer/defaults.yaml is detectron2's get_cfg() key by key, plus the extension keys."""
     from detectron2.config import get_cfg

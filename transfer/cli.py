@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate without training: the run dir's last checkpoint with --resume, else the "
                         "weights (an init .pkl gives the before-training numbers)")
     parser.add_argument("--data-root", help="dataset root (default: $DETECTRON2_DATASETS, else 'datasets')")
+    parser.add_argument("--check-parity", action="store_true",
+                        help="train nothing: compare the torchvision engine with detectron2 on this config (same "
+                        "weights, synthetic images and targets, every anchor and proposal sampled) and print each "
+                        "loss, gradient, precise-BN and detection difference; exit 1 above tolerance (needs detectron2)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, e.g. SOLVER.MAX_ITER 100")
 
@@ -52,6 +56,10 @@ def load_job_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check_parity:
+        from mocobench.transfer.parity_cli import run_parity_check
+
+        return run_parity_check(args)
     cfg = load_job_config(args)
     out_dir = Path(args.output_dir or cfg.OUTPUT_DIR)
     cfg.OUTPUT_DIR = str(out_dir)

@@ -11,13 +11,13 @@ from mocobench import UserError
 
 INSTALL_HINT = ("install it from its public source per its INSTALL.md, e.g. "
                 "python -m pip install 'git+https://github.com/facebookresearch/detectron2.git' "
-                "(with 'iopath<0.1.10' and 'setuptools<81'), or use --engine torchvision")
+                "(with 'iopath<0.1.10' and 'setuptools<81')")
 
 
-def require_detectron2() -> None:
-    """UserError with install instructions unless detectron2 (and its model zoo) import."""
+def require_detectron2(option: str = "--engine detectron2", alternative: str = ", or use --engine torchvision") -> None:
+    """UserError naming ``option`` with install instructions unless detectron2 (and its model zoo) import."""
     try:
         import detectron2  # noqa: F401
         from detectron2.engine import DefaultTrainer  # noqa: F401
     except ImportError as e:
-        raise UserError(f"--engine detectron2: detectron2 is not importable ({e}); {INSTALL_HINT}") from None
+        raise UserError(f"{option}: detectron2 is not importable ({e}); {INSTALL_HINT}{alternative}") from None
