@@ -5,7 +5,8 @@ finished trials, "±std" when there are several, "[n/N]" when fewer than the tab
 trials finished, and the delta against the baseline row (supervised) in the paper's form
 "81.4 (+0.6)". The published rows (paper / authors' repo, results/paper/) follow, with
 their deltas against the published baseline. A cell without any finished run is "—",
-never a zero. Writes report.md, report.html (self-contained), results.csv (every number),
+never a zero. A run left out is listed with why: unfinished, an unreadable metrics.json, or
+recorded inputs (digests.json) that are not the table's (an edited config, other weights). Writes report.md, report.html (self-contained), results.csv (every number),
 and per table <table>.csv (the cells as shown) and <table>.png (delta vs baseline per
 metric, error bars = std over trials).
 """
@@ -23,8 +24,10 @@ from mocobench.atomic import write_text
 from mocobench.results.format import html_report, markdown_table, table_cells
 from mocobench.results.paper import paper_rows
 from mocobench.results.plot import write_delta_plot
-from mocobench.results.runs import collect_table_runs, init_names
-from mocobench.results.tables import Table, add_trials_argument, load_inits, resolve_tables, table_files
+from mocobench.digests import changed, read_digests
+from mocobench.results.plan import expected_digests, recorded_world_size
+from mocobench.results.runs import RunCheck, init_names, table_runs
+from mocobench.results.tables import Init, Table, add_trials_argument, load_inits, resolve_tables, table_files
 
 STAT_COLUMNS = ["table", "row", "source", "baseline", "metric", "n", "trials", "mean", "std", "delta"]
 
@@ -72,8 +75,37 @@ def with_deltas(stats: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
-def table_stats(table: Table, run_root: Path, rows: Sequence[str]) -> pd.DataFrame:
-    runs = collect_table_runs(run_root, table.name, table.metrics)
+def belongs(table: Table, inits: dict[str, Init] | None) -> RunCheck:
+    """A check that a run's recorded digests are those of a job of this table (config at the
+    run's world size, seed, and the init's weights when the inits file is given)."""
+    def check(init_name: str, seed: int, run_dir: Path) -> str | None:
+        stored = read_digests(run_dir)
+        if stored is None:
+            return None  # a run from before digests were recorded: nothing to compare
+        world = recorded_world_size(run_dir) or 1
+        init = (inits or {}).get(init_name)
+        configs = [table.config_for(init.format)] if init else table.config_paths()
+        differs: list[str] = []
+        for config in configs:
+            try:
+                expected = expected_digests(table, config, init.weights if init else None, seed, world,
+                                            str(stored.get("engine")))
+                ignored = set() if init else {"weights"}
+            except UserError:  # weights file gone: the config and seed can still be compared
+                expected = expected_digests(table, config, None, seed, world, str(stored.get("engine")))
+                ignored = {"weights"}
+            differs = [n for n in changed(stored, expected) if n not in ignored]
+            if not differs:
+                return None
+        return f"its inputs differ from the table's ({', '.join(differs)}); rerun it with run-all"
+    return check
+
+
+def table_stats(table: Table, run_root: Path, rows: Sequence[str], inits: dict[str, Init] | None = None
+                ) -> pd.DataFrame:
+    runs, skipped = table_runs(run_root, table.name, table.metrics, belongs(table, inits))
+    for run_dir, why in skipped:
+        print(f"{run_dir.relative_to(run_root)}: skipped: {why}")
     runs = runs[runs["seed"].isin(table.seeds)]  # the table's trials: seeds 0..TRIALS-1
     stats = pd.concat([measured_stats(table, runs, rows), published_stats(table)], ignore_index=True)
     stats = with_deltas(stats)
@@ -100,10 +132,10 @@ def collate_tables(run_root: Path, names: Sequence[str] | None, trials: int | No
 
 def run(args: argparse.Namespace) -> int:
     run_root, out = Path(args.run_root), Path(args.out)
-    inits = list(load_inits(args.inits)) if args.inits else None
+    inits = load_inits(args.inits) if args.inits else None
     sections, all_stats = [], []
     for table in collate_tables(run_root, args.tables, args.trials):
-        stats = table_stats(table, run_root, table_rows(table, run_root, inits))
+        stats = table_stats(table, run_root, table_rows(table, run_root, inits and list(inits)), inits)
         cells = table_cells(table, stats)
         png = out / f"{table.name}.png"
         write_delta_plot(table, stats, png)

@@ -2,7 +2,10 @@
 
 Finished runs (a valid metrics.json) are skipped and interrupted ones resumed from their
 last checkpoint, so this can be re-run after a kill, a crash or a preempted allocation and
-only runs what is left. Each job is one ``mocobench transfer`` run, launched in turn on this
+only runs what is left. A finished or interrupted run whose recorded inputs (digests.json:
+the resolved config, seed, engine and the init weights' bytes) no longer match the job is
+stale: its folder is moved aside to <run>.stale-<time> (kept for reference, never collated)
+and the job runs afresh. Each job is one ``mocobench transfer`` run, launched in turn on this
 machine (local), as a torchrun DDP run on this node (torchrun), or as one SLURM job per run
 through submitit (slurm), one task per GPU. With a world size other than the table's
 reference (the paper used 8 GPUs), images per batch and LR scale linearly and iterations
@@ -22,7 +25,9 @@ from pathlib import Path
 from mocobench import UserError
 from mocobench.atomic import write_json
 from mocobench.run_lock import run_folder
-from mocobench.results.plan import DONE, PlannedRun, expand, reference_world_size, scaling_overrides
+from mocobench.results.plan import (DONE, NEW, STALE, PlannedRun, changed_inputs, expand, reference_world_size,
+                                    scaling_overrides)
+from mocobench.transfer.config import load_detection_config
 from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
                             transfer_argv)
 from mocobench.results.runs import read_metrics
@@ -88,21 +93,28 @@ def gpus_per_node(args: argparse.Namespace) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def plan(job: PlannedRun, world: int) -> str:
+def plan(job: PlannedRun, world: int, engine: str) -> str:
     """The job's state; for one to run, sets the overrides that scale it to this world size."""
     if not job.config.is_file():
         return NO_CONFIG
     state = job.state
-    if state == DONE:
+    if state != NEW:
+        job.stale = changed_inputs(job, world, engine)
+    if state == DONE and not job.stale:
         return state
-    from mocobench.transfer.config import load_detection_config
-
     cfg = load_detection_config(job.config)
     try:
         job.overrides = scaling_overrides(cfg, reference_world_size(job.table, cfg), world)
     except ValueError as e:
         raise UserError(f"{job.config}: {e}") from None
-    return state
+    return STALE if job.stale else state
+
+
+def move_aside(run_dir: Path) -> Path:
+    """The stale folder under a new name (seed<k>.stale-<time>), out of collate's and resume's way."""
+    aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    return aside
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = expand(tables, inits, output)
     specs, counts, missing = [], {}, []
     for job in jobs:
-        state = plan(job, world)
+        state = plan(job, world, args.engine)
         counts[state] = counts.get(state, 0) + 1
         if state == NO_CONFIG:
             missing.append(job)
@@ -125,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         targs = job.transfer_args(args.engine, args.data_root)
         argv = (transfer_argv(targs) if args.launcher != "torchrun"
                 else torchrun_argv(world, targs))
-        print(f"{state:9s} {job.name}  {shlex.join(argv)}")
+        why = f"  (changed: {', '.join(job.stale)})" if job.stale else ""
+        print(f"{state:9s} {job.name}{why}  {shlex.join(argv)}")
         specs.append((job, LaunchSpec(job.name, job.run_dir, argv)))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(jobs)} jobs in {len(tables)} tables: {summary}; world size {world}")
@@ -134,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     # the whole output is one run: a second run-all on it would start every job a second time
     with run_folder(output, "run-all", discard_new_on_failure=False):
         for job, spec in specs:
+            if job.stale and job.run_dir.exists():
+                print(f"{job.name}: inputs changed ({', '.join(job.stale)}); old run moved to "
+                      f"{move_aside(job.run_dir)}")
             write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
         codes = launch(args, [s for _, s in specs], output, world)
     failed = [j.name for j, s in specs if codes.get(s.name) or read_metrics(j.run_dir, j.table.metrics) is None]

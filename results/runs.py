@@ -12,7 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 
@@ -26,18 +26,26 @@ def seed_dir(seed: int) -> str:
 
 def read_metrics(run_dir: str | os.PathLike, required: Sequence[str] = ()) -> dict | None:
     """The run's metrics.json if it is a finished result holding ``required`` metrics, else None."""
+    return check_metrics(run_dir, required)[0]
+
+
+def check_metrics(run_dir: str | os.PathLike, required: Sequence[str] = ()) -> tuple[dict | None, str]:
+    """(metrics, "") for a finished result holding ``required`` metrics, else (None, why not)."""
     path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return None, f"not finished (no {METRICS_FILE})"
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as e:
+        return None, f"{METRICS_FILE} unreadable ({type(e).__name__})"
     if not isinstance(data, dict) or not isinstance(data.get("meta"), dict):
-        return None
+        return None, f"{METRICS_FILE} has no meta record"
     if not isinstance(data.get("bbox"), dict) or metric_value(data, "bbox/AP") is None:
-        return None
-    if any(metric_value(data, m) is None for m in required):
-        return None
-    return data
+        return None, f"{METRICS_FILE} has no bbox/AP"
+    absent = [m for m in required if metric_value(data, m) is None]
+    if absent:
+        return None, f"{METRICS_FILE} lacks {', '.join(absent)}"
+    return data, ""
 
 
 def metric_value(metrics: dict, name: str) -> float | None:
@@ -82,19 +90,32 @@ def collect_runs(root: str | os.PathLike) -> pd.DataFrame:
 
 def collect_table_runs(root: str | os.PathLike, table: str, metrics: Sequence[str]) -> pd.DataFrame:
     """Long frame (init, seed, metric, value) of the table's finished runs under ``root/table``."""
-    records = []
+    return table_runs(root, table, metrics)[0]
+
+
+# (init name, seed, run folder) -> why the run does not belong in the table, or None
+RunCheck = Callable[[str, int, Path], Optional[str]]
+
+
+def table_runs(root: str | os.PathLike, table: str, metrics: Sequence[str], check: RunCheck | None = None
+               ) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """The long frame of ``collect_table_runs`` and the run folders left out, each with why."""
+    records, skipped = [], []
     base = Path(root) / table
-    for init_dir in sorted(p for p in base.glob("*") if p.is_dir()):
+    for init_dir in sorted(p for p in base.glob("*") if p.is_dir() and not p.name.startswith(".")):
         for run_dir in sorted(p for p in init_dir.glob("seed*") if SEED_DIR.match(p.name)):
-            data = read_metrics(run_dir)
-            if data is None:
-                continue
             seed = int(SEED_DIR.match(run_dir.name).group(1))
+            data, why = check_metrics(run_dir)
+            if data is not None and check is not None:
+                why = check(init_dir.name, seed, run_dir) or ""
+            if why:
+                skipped.append((run_dir, why))
+                continue
             for m in metrics:
                 v = metric_value(data, m)
                 if v is not None:
                     records.append({"init": init_dir.name, "seed": seed, "metric": m, "value": v})
-    return pd.DataFrame(records, columns=["init", "seed", "metric", "value"])
+    return pd.DataFrame(records, columns=["init", "seed", "metric", "value"]), skipped
 
 
 def init_names(root: str | os.PathLike, table: str) -> list[str]:

@@ -14,9 +14,13 @@ import argparse
 import os
 from pathlib import Path
 
+from mocobench import UserError
 from mocobench import dist as mdist
+from mocobench.conventions import LAST_CHECKPOINT
+from mocobench.digests import write_digests
 from mocobench.run_lock import run_folder
 from mocobench.transfer.config import detection_defaults, load_detection_config
+from mocobench.transfer.run_digests import job_digests, refuse_changed_resume
 
 ENGINES = ("torchvision", "detectron2")
 
@@ -55,6 +59,18 @@ def load_job_config(args: argparse.Namespace):
     return cfg
 
 
+def record_digests(args: argparse.Namespace, cfg, out_dir: Path) -> None:
+    """digests.json of this run; a resume whose inputs changed is refused (rank 0 only)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if not args.eval_only and not args.resume and (out_dir / LAST_CHECKPOINT).exists():
+        raise UserError(f"{out_dir}: holds checkpoints of a run; pass --resume to continue it")
+    current = job_digests(cfg, args.engine)
+    if args.resume:
+        refuse_changed_resume(out_dir, cfg, current)
+    write_digests(out_dir, current)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.check_parity:
         from mocobench.transfer.parity_cli import run_parity_check
@@ -71,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         from mocobench.transfer.engines.detectron2.job import run_detectron2_job
 
         with run_folder(out_dir, "transfer"):
+            record_digests(args, cfg, out_dir)
             metrics = run_detectron2_job(args, cfg, out_dir, data_root)
     else:
         from mocobench.transfer.engines.torchvision.supported import check_supported
@@ -79,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         check_supported(cfg, detection_defaults(), args.config)
         try:
             with run_folder(out_dir, "transfer"):
+                record_digests(args, cfg, out_dir)
                 metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
         finally:
             mdist.cleanup()

@@ -34,7 +34,6 @@ from mocobench.transfer.engines.detectron2.datasets import register_datasets
 from mocobench.transfer.engines.detectron2.trainer import Trainer
 from mocobench.transfer.engines.export import export_to_detectron2
 from mocobench.checkpoints import last_checkpoint, read_checkpoint
-from mocobench.conventions import LAST_CHECKPOINT
 from mocobench.transfer.engines.torchvision.train import is_run_checkpoint, resolve_seed
 from mocobench.transfer.engines.torchvision.weights import check_conventions
 
@@ -104,8 +103,6 @@ def worker(cfg: CfgNode, config_path: str, data_root: Optional[str], resume: boo
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
     register_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), data_root)
     check_classes(cfg, data_root, config_path, eval_only)
-    if not eval_only and not resume and (out_dir / LAST_CHECKPOINT).exists():
-        raise UserError(f"{out_dir}: holds checkpoints of a run; pass --resume to continue it")
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:
         cfg.SEED = load_d2_config(str(stored)).SEED

@@ -21,7 +21,6 @@ from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import torch_save, write_json, write_text
 from mocobench.checkpoints import last_checkpoint, point_to, read_checkpoint
-from mocobench.conventions import LAST_CHECKPOINT
 from mocobench.progress import JsonlLog, Progress
 from mocobench.transfer.config import load_detection_config
 from mocobench.transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
@@ -255,8 +254,6 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
     for name in list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN)):
         get_metadata(name, data_root)  # a dataset that is not there fails before anything runs
-    if not eval_only and not resume and (out_dir / LAST_CHECKPOINT).exists():
-        raise UserError(f"{out_dir}: holds checkpoints of a run; pass --resume to continue it")
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:
         cfg.SEED = load_detection_config(stored).SEED
