@@ -1,7 +1,7 @@
 """The torchvision engine against detectron2 on one config, component by component.
 
 Both models are built from the config; detectron2's gets ours' weights through the export
-table. Both see the same synthetic images and targets, with every anchor and every proposal
+table. Both see the same synthetic images and targets, prepared by our data pipeline, with every anchor and every proposal
 sampled (batch sizes above the candidates, positive fraction 1), so sampling is
 deterministic. Compared: precise-BN statistics (train-mode BN), then with BN in eval mode
 every training loss and the gradients, then inference (boxes, scores, classes, pasted masks).
@@ -11,14 +11,18 @@ Needs detectron2; imported only when it is there.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import update_bn_stats as fvcore_update_bn_stats
+from PIL import Image
 from torch import Tensor
 
 from mocobench import UserError
@@ -28,6 +32,7 @@ from mocobench.transfer.engines.detectron2.trainer import Trainer
 from mocobench.transfer.engines.export import export_to_detectron2, rename
 from mocobench.transfer.engines.torchvision.build import DetectronRCNN, build_model
 from mocobench.transfer.engines.torchvision.inference import postprocess
+from mocobench.transfer.engines.torchvision.input import TrainMapper
 from mocobench.transfer.engines.torchvision.norm import batch_norms
 from mocobench.transfer.engines.torchvision.precise_bn import update_bn_stats
 
@@ -62,23 +67,34 @@ def relative(a: Tensor, b: Tensor) -> float:
 
 
 def synthetic_batch(cfg, seed: int = 0) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """Two images (one wide, one tall: padding differs) of the config's smallest training size,
-    three objects each with float boxes, ellipse masks and labels 1..NUM_CLASSES."""
+    """Two noise images (one wide, one tall: the batch pads), three polygon objects each,
+    through our TrainMapper (resize, flip, float32 boxes, rasterised masks): the inputs both
+    engines then see."""
     g = torch.Generator().manual_seed(seed)
-    short = min(cfg.INPUT.MIN_SIZE_TRAIN)
+    mapper = TrainMapper(cfg, cfg.MODEL.MASK_ON)
     images, targets = [], []
-    for h, w in ((short, short * 4 // 3), (short * 5 // 4, short)):
-        images.append(torch.rand(3, h, w, generator=g) * 255)
-        xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-        wh = (torch.rand(3, 2, generator=g) * 0.3 + 0.1) * torch.tensor([w, h])
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        centre, radius = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) / 2
-        masks = (((xs - centre[:, 0, None, None]) / radius[:, 0, None, None]) ** 2
-                 + ((ys - centre[:, 1, None, None]) / radius[:, 1, None, None]) ** 2 <= 1).to(torch.uint8)
-        labels = torch.randint(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1, (3,), generator=g)
-        targets.append({"boxes": boxes, "labels": labels, "masks": masks})
+    with tempfile.TemporaryDirectory() as folder:
+        for k, (h, w) in enumerate(((150, 200), (190, 150))):
+            path = Path(folder) / f"{k}.png"
+            Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()).save(path)
+            record = {"file_name": str(path), "height": h, "width": w, "image_id": k,
+                      "annotations": [ellipse(g, w, h, cfg.MODEL.ROI_HEADS.NUM_CLASSES) for _ in range(3)]}
+            image, target = mapper(record, np.random.default_rng([seed, k]))
+            images.append(image)
+            targets.append(target)
     return images, targets
+
+
+def ellipse(g: torch.Generator, w: int, h: int, num_classes: int) -> dict:
+    """An annotation: a 16-gon ellipse at a random place, its box, a random class."""
+    corner = torch.rand(2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    size = (torch.rand(2, generator=g) * 0.3 + 0.1) * torch.tensor([w, h])
+    centre, radius = corner + size / 2, size / 2
+    angles = torch.arange(16) * (2 * math.pi / 16)
+    xs, ys = centre[0] + radius[0] * angles.cos(), centre[1] + radius[1] * angles.sin()
+    return {"bbox": [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())],
+            "category_id": int(torch.randint(num_classes, (1,), generator=g)), "iscrowd": 0,
+            "segmentation": [torch.stack([xs, ys], 1).flatten().tolist()]}
 
 
 def detectron2_inputs(images: list[Tensor], targets: list[dict[str, Tensor]], mask_on: bool) -> list[dict]:
@@ -163,7 +179,10 @@ def bn_names(model: nn.Module) -> list[str]:
 def mirror(target: dict[str, Tensor], width: int) -> dict[str, Tensor]:
     boxes = target["boxes"].clone()
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-    return {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+    flipped = {**target, "boxes": boxes}
+    if "masks" in target:
+        flipped["masks"] = target["masks"].flip(-1)
+    return flipped
 
 
 def eval_norms(model: nn.Module) -> None:
