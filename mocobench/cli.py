@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mocobench.transfer.evaluation.cli", "evaluate detections (COCO results JSON) on a VOC or COCO split"),
     "transfer": ("mocobench.transfer.cli", "run a Faster/Mask R-CNN job (config + init weights + seed) into a run dir"),
     "run-all": ("mocobench.results.run_all", "run every job of the paper's tables (local | torchrun | slurm), skipping finished ones"),
+    "sweep": ("mocobench.results.sweep_run", "run a sweep of pretraining ablations (mechanism x K, m, shuffle-BN) -> evaluations -> Table 3, Figure 3"),
     "collate": ("mocobench.results.collate", "run folders -> paper-format tables (md/csv/html/png) with deltas vs supervised"),
     "audit": ("mocobench.results.audit", "is a candidate's delta over a baseline better, worse or within noise?"),
     "demo": ("mocobench.results.demo", "the whole flow end to end at demo scale on the CPU: data -> pretrain -> convert -> detect -> tables"),

@@ -27,14 +27,18 @@ class LaunchSpec:
     argv: list[str]  # for launch_submitit: the command EACH task runs
 
 
+def mocobench_argv(command: str, args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "mocobench", command, *args]
+
+
 def transfer_argv(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "mocobench", "transfer", *args]
+    return mocobench_argv("transfer", args)
 
 
-def torchrun_argv(nproc: int, args: Sequence[str]) -> list[str]:
-    """``torchrun --standalone --nproc_per_node N -m mocobench transfer ...`` (torchrun's module)."""
+def torchrun_argv(nproc: int, args: Sequence[str], command: str = "transfer") -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m mocobench COMMAND ...`` (torchrun's module)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "mocobench", "transfer", *args]
+            "-m", "mocobench", command, *args]
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
