@@ -6,7 +6,7 @@ pairs after the options override it) and an image folder (DATA.PATH or --data: a
 ImageFolder tree such as ImageNet's train/, labels ignored, or a flat folder of images).
 Writes into the output directory: config.yaml, metrics.jsonl (iter, epoch, loss, acc1 =
 instance-discrimination top-1 of the positive among 1+K, acc1_batch = its top-1 among
-the batch's keys (blind to recency), key_cos = mean cosine of the queued keys (near 1:
+the batch's keys (blind to recency), key_cos = mean cosine of the dictionary's keys (near 1:
 collapse), lr, images_per_s; kNN top-1 lines if KNN.DATA is set), checkpoint_EEEE.pth.tar every CHECKPOINT.PERIOD_EPOCHS epochs
 and at the end (MoCo repository layout: {'epoch', 'arch', 'state_dict' with
 'module.encoder_q.*' keys, 'optimizer', ...}), checkpoint_last.pth.tar every

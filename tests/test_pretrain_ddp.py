@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -80,3 +81,23 @@ def test_two_process_training_runs(tmp_path):
     assert state["iteration"] == 2
     assert int(state["state_dict"]["module.queue_ptr"]) == (2 * 8) % 16
     assert (out / "metrics.jsonl").read_text().count('"loss"') == 2
+
+
+@pytest.mark.slow  # two 2-process runs, ~15 s each
+@pytest.mark.parametrize("mechanism, K", [("end_to_end", "8"), ("memory_bank", "8")])
+def test_two_process_runs_of_the_other_mechanisms(tmp_path, mechanism, K):
+    """End-to-end keys gathered with gradients across processes; bank entries updated from every rank."""
+    data = tmp_path / "images"
+    write_images(data, 16, seed=0)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "mocobench", "pretrain", "--config", str(write_tiny_config(tmp_path / "tiny.yaml")), "--data",
+         str(data), "--output-dir", str(out), "SOLVER.EPOCHS", "1", "MOCO.SPLIT_BN_GROUPS", "1",
+         "MOCO.MECHANISM", mechanism, "MOCO.K", K],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(out / "checkpoint_0001.pth.tar", weights_only=True)["state_dict"]
+    if mechanism == "memory_bank":
+        # one unit-norm entry per image, saved from rank 0 after updates gathered from both ranks
+        assert torch.allclose(state["module.bank"].norm(dim=1), torch.ones(16), atol=1e-5)
