@@ -109,4 +109,4 @@ def test_precise_bn_runs_before_each_evaluation_and_is_checkpointed(cli, tmp_pat
     assert [e["iter"] for e in log if "eval" in e] == [1]
     state = torch.load(tmp_path / "run" / "model_0000001.pth", weights_only=False)["model"]
     tracked = {int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
-    assert tracked == {3}  # every trained BN: the 3 precise-BN batches, not the 2 training steps
+    assert tracked == {5}  # every trained BN: 2 training steps, then the 3 precise-BN batches
