@@ -133,7 +133,8 @@ def write_report(sweep: Sweep, out: Path, report: Path) -> None:
     if len(reported["momentum"]):
         parts += ["## Momentum (paper Sec. 4.1)", "", momentum_table(reported["momentum"], metric)]
     if len(reported["figure3"]):
-        write_figure3(reported["figure3"], metric, f"{sweep.title}: {metric} top-1 vs K", report / "figure3.png")
+        write_figure3(reported["figure3"], metric, f"Figure 3 ({sweep.name}): {metric} top-1 vs K",
+                      report / "figure3.png")
         parts += ["## Figure 3", "", f"![Figure 3: {metric} top-1 vs K, a line per mechanism](figure3.png)", ""]
     for table_path, runs in sweep.detection_runs().items():
         table = load_table(table_path)
