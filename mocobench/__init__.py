@@ -8,6 +8,16 @@ file writes, the configurable ResNet, progress logging and torch.distributed set
 __version__ = "0.1.0"
 
 
+def one_line(error: Exception) -> str:
+    """The error's message; for a UserError raised in a data-loader worker (which comes back
+    with the worker's traceback in its text), the original one-line message alone."""
+    text = str(error)
+    marker = "UserError: "
+    if "Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
 class UserError(Exception):
     """A problem with the user's input (a file, a config, a flag).
 

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from mocobench import UserError
@@ -66,6 +67,19 @@ def _reason(error: Exception) -> str:
     paragraphs = [p for p in re.split(r"\n\s*\n", str(error).replace("WeightsUnpickler error:", "\n\n"))
                   if p.strip() and not p.lstrip().startswith(_TORCH_ADVICE)]
     return " ".join(" ".join(paragraphs).split())[:200] or type(error).__name__
+
+
+def check_finite(weights: Mapping[str, Any], path: str | Path) -> None:
+    """A NaN or infinite weight (a diverged or damaged file) named here, not as a NaN loss
+    at the first iteration of a run that then blames nothing."""
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor):
+            bad = value.is_floating_point() and not bool(torch.isfinite(value).all())
+        else:
+            array = np.asarray(value)
+            bad = array.dtype.kind == "f" and not bool(np.isfinite(array).all())
+        if bad:
+            raise UserError(f"{path}: {name} holds NaN or infinite values (a diverged or damaged checkpoint)")
 
 
 def weights_dict(obj: Mapping) -> Mapping:

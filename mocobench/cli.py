@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from mocobench import UserError, __version__
+from mocobench import UserError, __version__, one_line
 
 # name -> (module providing add_arguments/run, one-line help). Order = order of the flow.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as e:
-        print(f"mocobench {args.command}: error: {e}", file=sys.stderr)
+        print(f"mocobench {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mocobench {args.command}: interrupted", file=sys.stderr)

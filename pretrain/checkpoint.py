@@ -20,7 +20,7 @@ import torch
 
 from mocobench import UserError
 from mocobench.atomic import torch_save
-from mocobench.checkpoints import last_checkpoint, point_to, read_checkpoint, trunk_weights
+from mocobench.checkpoints import check_finite, last_checkpoint, point_to, read_checkpoint, trunk_weights
 from mocobench.resnet import ResNetShape, infer_shape, tv_to_d2
 
 
@@ -64,6 +64,7 @@ def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "conv1.weight" not in trunk:
         raise UserError(f"{path}: no ResNet trunk found (no 'conv1.weight' key)")
+    check_finite(trunk, path)
     return trunk
 
 

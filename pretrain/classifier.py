@@ -24,7 +24,7 @@ from mocobench.checkpoints import last_checkpoint, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.augment import classify_train_transform, eval_transform
-from mocobench.pretrain.data import ImageDataset, ResumableSampler, labelled_split, make_loader, user_errors_from_workers
+from mocobench.pretrain.data import ImageDataset, ResumableSampler, labelled_splits, make_loader, user_errors_from_workers
 from mocobench.pretrain.schedule import learning_rate
 
 
@@ -56,8 +56,7 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     if cfg.SOLVER.BATCH_SIZE % world:
         raise UserError(f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is not divisible by the {world} processes")
     per_rank = cfg.SOLVER.BATCH_SIZE // world
-    train_samples, classes = labelled_split(cfg.DATA.PATH, "train")
-    val_samples, _ = labelled_split(cfg.DATA.PATH, "val")
+    train_samples, val_samples, classes = labelled_splits(cfg.DATA.PATH)
     train_set = ImageDataset(train_samples, classify_train_transform(cfg), seed=cfg.TRAIN.SEED)
     val_set = ImageDataset(val_samples, eval_transform(cfg), seed=cfg.TRAIN.SEED)
     sampler = ResumableSampler(train_set, shuffle=True, seed=cfg.TRAIN.SEED)

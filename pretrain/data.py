@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from mocobench import UserError
+from mocobench import UserError, one_line
 from mocobench import dist as mdist
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -58,6 +58,20 @@ def labelled_split(root: str | Path, split: str) -> tuple[list[Sample], list[str
     if not classes:
         raise UserError(f"{folder}: no class subfolders")
     return list_images(folder), classes
+
+
+def labelled_splits(root: str | Path) -> tuple[list[Sample], list[Sample], list[str]]:
+    """(train samples, val samples, class names) of a labelled root. Both splits must have the
+    same class folders: a label is the class's index, so a class more or less in one split
+    would shift every label after it and score a wrong top-1 without any error."""
+    train, classes = labelled_split(root, "train")
+    val, val_classes = labelled_split(root, "val")
+    if val_classes != classes:
+        extra, missing = sorted(set(val_classes) - set(classes)), sorted(set(classes) - set(val_classes))
+        problems = ([f"extra {extra}"] if extra else []) + ([f"missing {missing}"] if missing else [])
+        raise UserError(f"{Path(root) / 'val'}: class folders differ from {Path(root) / 'train'}: "
+                        f"{', '.join(problems)}")
+    return train, val, classes
 
 
 def read_rgb(path: str) -> Image.Image:
@@ -134,8 +148,6 @@ def user_errors_from_workers() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        text = str(e)
-        marker = "UserError: "
-        if "Traceback" in text and marker in text:
-            raise UserError(text.rsplit(marker, 1)[1].strip()) from None
+        if one_line(e) != str(e):
+            raise UserError(one_line(e)) from None
         raise

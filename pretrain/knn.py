@@ -25,12 +25,12 @@ from torch.utils.data import SequentialSampler
 
 from mocobench import UserError
 from mocobench import dist as mdist
-from mocobench.atomic import write_json
+from mocobench.atomic import check_file_target, write_json
 from mocobench.resnet import build_resnet
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.augment import eval_transform
 from mocobench.pretrain.config import load_pretrain_config, resnet_shape
-from mocobench.pretrain.data import ImageDataset, labelled_split, make_loader
+from mocobench.pretrain.data import ImageDataset, labelled_splits, make_loader
 from mocobench.pretrain.features import estimate_bn_stats, extract, load_trunk
 
 
@@ -57,8 +57,8 @@ def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.d
     in this process (under DDP, rank 0 runs it while the others wait). With
     ``bn_stats_from_data`` the BN running statistics are first set from the train split."""
     feats = {}
-    for split in ("train", "val"):
-        samples, _ = labelled_split(data_root, split)
+    train, val, _ = labelled_splits(data_root)
+    for split, samples in (("train", train), ("val", val)):
         dataset = ImageDataset(samples, eval_transform(cfg), seed=cfg.TRAIN.SEED)
         loader = make_loader(dataset, batch_size=cfg.SOLVER.BATCH_SIZE,
                              sampler=SequentialSampler(dataset),
@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:
+        check_file_target(args.output)  # before the minutes of feature extraction, not after
     cfg = load_pretrain_config(args.config, args.opts)
     torch.manual_seed(cfg.TRAIN.SEED)
     if args.random_init:

@@ -25,7 +25,7 @@ from mocobench.run_lock import run_folder
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.classifier import train_classifier
 from mocobench.pretrain.cli import add_run_arguments, config_from_args
-from mocobench.pretrain.data import labelled_split
+from mocobench.pretrain.data import labelled_splits
 from mocobench.pretrain.features import load_trunk
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
     trunk = checkpoint.backbone_state(args.weights)
     shape = checkpoint.trunk_shape(trunk, args.weights)
-    _, classes = labelled_split(cfg.DATA.PATH, "train")
+    _, _, classes = labelled_splits(cfg.DATA.PATH)  # refused before any folder or model exists
     torch.manual_seed(cfg.TRAIN.SEED)
     net = build_resnet(shape, num_classes=len(classes))
     try:

@@ -22,7 +22,7 @@ from mocobench.run_lock import run_folder
 from mocobench.pretrain.classifier import train_classifier
 from mocobench.pretrain.cli import add_run_arguments, config_from_args
 from mocobench.pretrain.config import resnet_shape
-from mocobench.pretrain.data import labelled_split
+from mocobench.pretrain.data import labelled_splits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
-    _, classes = labelled_split(cfg.DATA.PATH, "train")
+    _, _, classes = labelled_splits(cfg.DATA.PATH)  # refused before any folder or model exists
     torch.manual_seed(cfg.TRAIN.SEED)
     net = build_resnet(resnet_shape(cfg), num_classes=len(classes), residual_bn_gamma=cfg.MODEL.RESIDUAL_BN_GAMMA)
     try:

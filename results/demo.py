@@ -223,6 +223,10 @@ def _run_lane(lane: list[Command], env: dict[str, str]) -> Command | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engine == "detectron2":  # before the data and pretraining stages, not after them
+        from mocobench.transfer.engines.detectron2 import require_detectron2
+
+        require_detectron2()
     cfg = load_config(load_defaults(DEFAULTS_FILE), args.config, args.opts)
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

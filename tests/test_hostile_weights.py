@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import one_line_refusals, run_cli_at_once
 from engine_fixtures import DEMO, TINY
 from mocobench.transfer.datasets.synth import write_synthetic
 from pretrain_tiny import write_tiny_config
@@ -94,19 +92,9 @@ def hostile_commands(tmp_path: Path, marker: Path, kinds: tuple[str, ...]) -> di
 
 
 def refused_badly(commands: dict[str, tuple[list, str]]) -> list[str]:
-    """Runs every command at once (each is a fresh interpreter importing torch; the refusal
-    itself is instant) and lists those that did not refuse in one line naming the file."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {label: (subprocess.Popen([sys.executable, "-m", "mocobench", *map(str, argv)], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), name)
-             for label, (argv, name) in commands.items()}
-    bad = []
-    for label, (proc, name) in procs.items():
-        _, err = proc.communicate(timeout=300)
-        lines = err.strip().splitlines()
-        if proc.returncode == 0 or "Traceback" in err or len(lines) != 1 or name not in lines[0]:
-            bad.append(f"{label}: exit {proc.returncode}, stderr {err.strip()[-300:]!r}")
-    return bad
+    """Those commands that did not refuse in one line naming the file."""
+    results = run_cli_at_once({label: argv for label, (argv, _) in commands.items()})
+    return one_line_refusals(results, {label: name for label, (_, name) in commands.items()})
 
 
 FAST = ("transfer --weights pth", "transfer --resume", "run-all --inits --dry-run", "collate --inits")

@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 from mocobench import UserError
-from mocobench.atomic import write_pickle
+from mocobench.atomic import check_file_target, write_pickle
 from mocobench.transfer.convert import FORMATS, convert_checkpoint, group_keys
 
 
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.output.suffix != ".pkl":
         raise UserError(f"{args.output}: output must end in .pkl (detectron2 reads .pkl with pickle)")
+    check_file_target(args.output)
     converted = convert_checkpoint(args.input, args.format)
     for line in converted.notes:
         print(line)

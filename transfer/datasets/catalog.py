@@ -76,6 +76,21 @@ def get_dataset(name: str, data_root: str | os.PathLike | None = None
     return load(), meta
 
 
+def check_images(name: str, data_root: str | os.PathLike | None = None) -> None:
+    """Every image of the dataset exists and has a readable header (cheap: no pixels are
+    decoded), so a damaged file stops a job before training rather than after it."""
+    from PIL import Image
+
+    for record in get_dataset(name, data_root)[0]:
+        path = record["file_name"]
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError, SyntaxError) as e:
+            reason = str(e).replace(f"'{path}'", "").replace(str(path), "").strip() or type(e).__name__
+            raise UserError(f"{path}: cannot read image ({name}: {reason})") from None
+
+
 def get_datasets(names: Sequence[str], data_root: str | os.PathLike | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Several datasets trained as one (detectron2's DATASETS.TRAIN tuple, e.g. 07+12).

@@ -53,7 +53,10 @@ def read_split(dirname: str | os.PathLike, split: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise UserError(f"{path}: split file not found (splits here: {', '.join(available) or 'none'})")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:  # else a VOC07+12 job would silently train on one year alone
+        raise UserError(f"{path}: split file lists no images")
+    return ids
 
 
 def _text(node: ET.Element, tag: str, file: Path) -> str:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from mocobench import UserError
-from mocobench.atomic import write_json
+from mocobench.atomic import check_file_target, write_json
 from mocobench.transfer.datasets.catalog import dataset_names
 from mocobench.transfer.evaluation import evaluate
 
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        check_file_target(args.output)
     if not args.detections.is_file():
         raise UserError(f"{args.detections}: detections file not found")
     try:

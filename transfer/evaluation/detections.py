@@ -46,6 +46,18 @@ def _explain(i: int, det: Any, image_index: Mapping[Hashable, int],
         raise UserError(f"{source}: detection {i} has score {score!r}, expected a number")
 
 
+def _check_values(table: np.ndarray, detections: Sequence[Mapping[str, Any]], source: str) -> None:
+    """A NaN or infinite score or coordinate, or a box of negative size, would be ranked and
+    matched as if it meant something; name the first such detection instead (one vector pass)."""
+    bad = ~np.isfinite(table[:, 2:]).all(axis=1) | (table[:, 5] < 0) | (table[:, 6] < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        det = detections[i]
+        what = ("a box of negative size" if np.isfinite(table[i, 2:]).all()
+                else "a non-finite score or coordinate")
+        raise UserError(f"{source}: detection {i} has {what}: bbox {det['bbox']!r}, score {det['score']!r}")
+
+
 def detection_arrays(detections: Sequence[Mapping[str, Any]], image_index: Mapping[Hashable, int],
                      category_index: Mapping[Hashable, int], source: str
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -61,4 +73,5 @@ def detection_arrays(detections: Sequence[Mapping[str, Any]], image_index: Mappi
             _explain(i, det, image_index, category_index, source)  # numpy numbers pass
         rows.append(row)
     table = np.array(rows, dtype=np.float64).reshape(-1, 7)
+    _check_values(table, detections, source)
     return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 3:7], table[:, 2]

@@ -23,7 +23,7 @@ from mocobench.atomic import torch_save, write_json, write_text
 from mocobench.checkpoints import last_checkpoint, point_to, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
 from mocobench.transfer.config import load_detection_config
-from mocobench.transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
+from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_datasets
 from mocobench.transfer.engines.torchvision.build import DetectronRCNN, build_model
 from mocobench.transfer.engines.torchvision.inference import run_inference
 from mocobench.transfer.engines.torchvision.input import TrainBatches, TrainMapper
@@ -178,8 +178,9 @@ class DetectionTrainer:
                 losses = ddp(images, targets)
             total = sum(losses.values())
             if not torch.isfinite(total):
-                raise FloatingPointError(f"loss became {float(total)} at iteration {it}: "
-                                         f"{ {k: float(v) for k, v in losses.items()} }")
+                raise UserError(f"{self.config_path}: loss became {float(total)} at iteration {it} "
+                                f"(weights: {cfg.MODEL.WEIGHTS or 'random init'}): "
+                                f"{ {k: round(float(v), 4) for k, v in losses.items()} }")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimizer)
@@ -253,7 +254,7 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
     if not cfg.DATASETS.TEST:
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
     for name in list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN)):
-        get_metadata(name, data_root)  # a dataset that is not there fails before anything runs
+        check_images(name, data_root)  # a missing or unreadable image fails before anything runs
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:
         cfg.SEED = load_detection_config(stored).SEED
