@@ -67,9 +67,10 @@ def table_cells(table: Table, stats: pd.DataFrame) -> pd.DataFrame:
 
 
 def caption(table: Table) -> str:
+    deltas = (f"(delta) vs `{table.cfg.BASELINE}`; published rows vs their own baseline" if table.cfg.BASELINE
+              else "absolute numbers, no baseline")  # the paper's Table 3 has none
     return (f"`{table.name}`: mean over {table.cfg.TRIALS} trial(s), ±std over trials, [n/N] where trials "
-            f"are missing, (delta) vs `{table.cfg.BASELINE}`; published rows vs their own baseline; "
-            f"{MISSING} = no finished run.")
+            f"are missing, {deltas}; {MISSING} = no finished run.")
 
 
 def markdown_table(table: Table, cells: pd.DataFrame) -> str:
