@@ -6,7 +6,8 @@ trials finished, and the delta against the baseline row (supervised) in the pape
 "81.4 (+0.6)". The published rows (paper / authors' repo, results/paper/) follow, with
 their deltas against the published baseline. A cell without any finished run is "—",
 never a zero. A run left out is listed with why: unfinished, an unreadable metrics.json, or
-recorded inputs (digests.json) that are not the table's (an edited config, other weights). Writes report.md, report.html (self-contained), results.csv (every number),
+recorded inputs (digests.json) that are not the table's (an edited config, other weights).
+Writes report.md, report.html (self-contained), results.csv (every number),
 and per table <table>.csv (the cells as shown) and <table>.png (delta vs baseline per
 metric, error bars = std over trials).
 """
@@ -20,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 
 from mocobench import UserError
-from mocobench.atomic import write_text
+from mocobench.atomic import check_file_target, write_text
 from mocobench.results.format import html_report, markdown_table, table_cells
 from mocobench.results.paper import paper_rows
 from mocobench.results.plot import write_delta_plot
@@ -132,10 +133,16 @@ def collate_tables(run_root: Path, names: Sequence[str] | None, trials: int | No
 
 def run(args: argparse.Namespace) -> int:
     run_root, out = Path(args.run_root), Path(args.out)
+    check_file_target(out / "report.md")  # a file in the way fails before any table is read
     inits = load_inits(args.inits) if args.inits else None
     sections, all_stats = [], []
-    for table in collate_tables(run_root, args.tables, args.trials):
-        stats = table_stats(table, run_root, table_rows(table, run_root, inits and list(inits)), inits)
+    tables = collate_tables(run_root, args.tables, args.trials)
+    for table in tables:
+        rows = table_rows(table, run_root, inits and list(inits))
+        if not rows and not table.cfg.PAPER.FILE:
+            print(f"{table.name}: skipped: no init folders under {run_root / table.name} and no published rows")
+            continue
+        stats = table_stats(table, run_root, rows, inits)
         cells = table_cells(table, stats)
         png = out / f"{table.name}.png"
         write_delta_plot(table, stats, png)
@@ -144,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         all_stats.append(stats)
         missing = int((stats["source"].eq("measured") & stats["n"].eq(0)).sum())
         print(f"{table.name}: {cells.shape[0]} rows, {missing} missing cells")
+    if not sections:
+        raise UserError(f"{run_root}: nothing to collate (no runs of {', '.join(t.name for t in tables)})")
     write_text(out / "results.csv", pd.concat(all_stats, ignore_index=True).to_csv(index=False))
     write_text(out / "report.md", "\n".join(markdown_table(t, c) for t, c, _ in sections))
     write_text(out / "report.html", html_report(sections))

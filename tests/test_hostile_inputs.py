@@ -72,6 +72,8 @@ def bad_input_cases(tmp_path: Path, data: Path) -> dict[str, tuple[list, str]]:
     dets.write_text(f'[{{"image_id": "{first}", "category_id": 1, "bbox": [1, 2, -3, 4], "score": 0.5}}]')
     nan_dets = tmp_path / "nan_dets.json"
     nan_dets.write_text(f'[{{"image_id": "{first}", "category_id": 1, "bbox": [1, 2, 3, 4], "score": NaN}}]')
+    runs = tmp_path / "runs"
+    (runs / "demo_voc_R50_C4").mkdir(parents=True)
     evaluate = ["evaluate", "--dataset", "voc_2007_test", "--data-root", data]
     cases = {
         "knn: val has other classes": (["knn", "--random-init", "--data", labelled, "--config", pre_cfg],
@@ -97,6 +99,10 @@ def bad_input_cases(tmp_path: Path, data: Path) -> dict[str, tuple[list, str]]:
         "transfer: corrupt test image": (detect(tmp_path / "t_bad", bad_test), "cannot read image"),
         "demo --engine detectron2": (["demo", "--engine", "detectron2", "--output-dir", tmp_path / "demo"],
                                      "detectron2 is not importable"),
+        "collate: a table folder without runs": (["collate", runs, "--out", tmp_path / "report", "--tables",
+                                                  "demo_voc_R50_C4"], "nothing to collate"),
+        "collate --out is a file": (["collate", runs, "--out", a_file, "--tables", "demo_voc_R50_C4"],
+                                    "a_file is a file"),
     }
     return cases
 
@@ -107,12 +113,12 @@ def assert_one_line_refusals(tmp_path: Path, data: Path, labels: tuple[str, ...]
     results = run_cli_at_once({label: argv for label, (argv, _) in cases.items()})
     bad = one_line_refusals(results, {label: text for label, (_, text) in cases.items()})
     assert not bad, "\n".join(bad)
-    for leftover in ("sup", "t_rand", "t_nan", "t_bad", "demo", "odd_out.pkl"):
+    for leftover in ("sup", "t_rand", "t_nan", "t_bad", "demo", "odd_out.pkl", "report"):
         assert not (tmp_path / leftover).exists(), leftover
 
 
 FAST = ("knn: val has other classes", "evaluate: empty split file", "evaluate: negative box", "evaluate: NaN score",
-        "transfer --output-dir a file", "demo --engine detectron2")
+        "transfer --output-dir a file", "demo --engine detectron2", "collate: a table folder without runs")
 
 
 def test_bad_inputs_are_one_line(tmp_path, data):
