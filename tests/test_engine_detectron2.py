@@ -151,7 +151,10 @@ def test_torchvision_trained_model_scores_alike_in_detectron2(cli, tmp_path):
     write_synthetic(data, 0, "tiny")
     longer = ["SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(170,)", "SOLVER.WARMUP_ITERS", "10",
               "SOLVER.CHECKPOINT_PERIOD", "0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
-              "DATASETS.TRAIN", "('voc_2007_trainval',)"]
+              "DATASETS.TRAIN", "('voc_2007_trainval',)",
+              # precise BN over a few 2-image batches moves this tiny model's AP50 between 0 and 5:
+              # the check is of the two evaluations, so the weights stay as trained
+              "TEST.PRECISE_BN.ENABLED", "False"]
     common = ["--config", C4, "--data-root", data, "--seed", "0", *TINY, *longer]
     tv = cli("transfer", "--output-dir", tmp_path / "tv", *common)
     assert tv.returncode == 0, tv.stderr[-3000:]
