@@ -15,7 +15,6 @@ short job's AP50 moves by several points from seed to seed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench.atomic import write_json, write_text
 from mocobench.config import load_config, load_defaults
+from mocobench.digests import text_digest
 from mocobench.machine import describe
 from mocobench.progress import format_seconds
 from mocobench.resources import config_path
@@ -126,22 +126,18 @@ def _pretrain_epochs(cfg: CfgNode) -> int:
 def fingerprint(cfg: CfgNode) -> dict[str, str]:
     """The demo settings that shape its results, and digests of the backbone and detection
     configs as resolved (their _BASE_ chains and the defaults included), so an edit anywhere
-    counts: run-all skips a finished run whatever its config now says."""
+    counts: the stages skip backbones on disk whatever their config now says."""
     from mocobench.pretrain.config import load_pretrain_config
     from mocobench.results.tables import resolve_tables
     from mocobench.transfer.config import load_detection_config
 
     out = {k: json.dumps(cfg[k]) for k in RESULT_KEYS}
     for key in ("PRETRAIN_CONFIG", "SUPERVISED_CONFIG"):
-        out[f"{key} (resolved)"] = _digest(load_pretrain_config(str(config_path(cfg[key]))).dump())
+        out[f"{key} (resolved)"] = text_digest(load_pretrain_config(str(config_path(cfg[key]))).dump())[:16]
     for table in resolve_tables(list(cfg.TABLES)):
         for path in table.config_paths():
-            out[f"{table.path.stem}: {path.name} (resolved)"] = _digest(load_detection_config(path).dump())
+            out[f"{table.path.stem}: {path.name} (resolved)"] = text_digest(load_detection_config(path).dump())[:16]
     return out
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def claim_output_dir(out: Path, stamp: dict[str, str], machine: dict | None = None) -> None:
