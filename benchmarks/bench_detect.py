@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -51,7 +52,12 @@ def synthetic_batch(n_images: int, size: int, n_classes: int, seed: int = 0) -> 
     return images, targets
 
 
-def _trainer(model: torch.nn.Module, forward) -> callable:
+def size_overrides(size: int) -> tuple[str, ...]:
+    """Config overrides under which ``synthetic_batch`` images of ``size`` are not resized."""
+    return ("INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(2 * size))
+
+
+def _trainer(model: torch.nn.Module, forward: Callable[[], dict]) -> Callable[[], None]:
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
     def step() -> None:
@@ -62,7 +68,24 @@ def _trainer(model: torch.nn.Module, forward) -> callable:
     return step
 
 
-def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list, device: torch.device):
+def engine_step(config: Path, overrides: tuple[str, ...], images: list, targets: list, device: torch.device,
+                memory_format: torch.memory_format = torch.contiguous_format) -> Callable[[], None]:
+    """One training iteration of the engine's model for ``config`` on these images and targets."""
+    torch.manual_seed(0)
+    model = build_model(load_detection_config(config, overrides)).to(device, memory_format=memory_format).train()
+    return _trainer(model, lambda: model(images, targets))
+
+
+def with_autocast(fn: Callable[[], None], device: torch.device, amp: bool) -> Callable[[], None]:
+    """``fn`` under autocast (the engine's AMP: float16 on CUDA) when ``amp``."""
+    def run() -> None:
+        with torch.autocast(device.type, enabled=amp):
+            fn()
+    return run
+
+
+def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list, device: torch.device,
+                    config: Path = CONFIG) -> Callable[[], None] | None:
     """detectron2's own model for the same config file, or None when it is not installed."""
     if importlib.util.find_spec("detectron2") is None:
         return None
@@ -72,7 +95,7 @@ def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list,
     from detectron2.utils.events import EventStorage
 
     cfg = get_cfg()
-    cfg.merge_from_file(str(CONFIG))
+    cfg.merge_from_file(str(config))
     cfg.merge_from_list(list(cfg_overrides) + ["MODEL.DEVICE", device.type])
     model = d2_build_model(cfg).train()
     inputs = [{"image": im, "instances": Instances(tuple(im.shape[-2:]), gt_boxes=Boxes(t["boxes"]),
@@ -90,7 +113,7 @@ def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list,
 def measure(size: int, n_images: int, repeats: int, device: torch.device, amp: bool = False,
             label: str = "CPU") -> dict[str, float]:
     """Build the candidates, time them interleaved; print and return the ratios."""
-    overrides = ("INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(2 * size))
+    overrides = size_overrides(size)
     cfg = load_detection_config(CONFIG, overrides)
     n_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     images, targets = synthetic_batch(n_images, size, n_classes)
@@ -98,9 +121,7 @@ def measure(size: int, n_images: int, repeats: int, device: torch.device, amp: b
     fmt = torch.channels_last if amp else torch.contiguous_format
     candidates = {}
     for name, extra in (("ours_bn", STOCK_NORMS), ("ours", ())):
-        torch.manual_seed(0)
-        model = build_model(load_detection_config(CONFIG, overrides + extra)).to(device, memory_format=fmt).train()
-        candidates[name] = _trainer(model, lambda model=model: model(images, targets))
+        candidates[name] = engine_step(CONFIG, overrides + extra, images, targets, device, fmt)
     torch.manual_seed(0)
     stock = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=n_classes + 1, min_size=size,
                                   max_size=2 * size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
@@ -113,13 +134,7 @@ def measure(size: int, n_images: int, repeats: int, device: torch.device, amp: b
     else:
         print("# detectron2 is not importable here: the detectron2 comparison is skipped", flush=True)
 
-    def autocast(fn):
-        def run() -> None:
-            with torch.autocast(device.type, enabled=amp):
-                fn()
-        return run
-
-    medians = timing.interleaved_medians({k: autocast(v) for k, v in candidates.items()}, repeats)
+    medians = timing.interleaved_medians({k: with_autocast(v, device, amp) for k, v in candidates.items()}, repeats)
     print(f"{label}: {n_images} images of {size}x{size * 4 // 3}, {n_classes} classes, {repeats} interleaved repeats",
           flush=True)
     timing.report_times(medians)

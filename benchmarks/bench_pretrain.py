@@ -132,21 +132,40 @@ def scale_config(name: str, overrides: tuple[str, ...] = ()) -> CfgNode:
     return load_pretrain_config(CONFIGS / "moco_v2_demo.yaml", overrides)
 
 
-def measure_step(cfg: CfgNode, repeats: int, device: torch.device, amp: bool = False,
-                 channels_last: bool = False, label: str = "") -> StepResult:
-    """Time ours, alg1 and encoder interleaved; print and return the ratios."""
+@dataclass
+class Step:
+    """One training step as pretrain.train runs it, on fixed random crops."""
+    moco: MoCo
+    im_q: torch.Tensor
+    im_k: torch.Tensor
+    run: Callable[[], object]
+
+
+def build_step(cfg: CfgNode, device: torch.device, amp: bool = False, channels_last: bool = False,
+               amp_dtype: torch.dtype | None = None) -> Step:
+    """The MoCo model, optimizer, scaler and a batch of crops for ``cfg``, and its step."""
     torch.manual_seed(0)
-    moco = build_moco(cfg, resnet_shape(cfg))
-    encoder = copy.deepcopy(moco.encoder_q)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    moco = moco.to(device, memory_format=fmt).train()
+    moco = build_moco(cfg, resnet_shape(cfg)).to(device, memory_format=fmt).train()
     optimizer = make_optimizer(cfg, moco)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    alg1 = Algorithm1(copy.deepcopy(encoder).to(device, memory_format=fmt).train(), cfg)
-    bare = BareEncoder(copy.deepcopy(encoder).to(device, memory_format=fmt).train(), cfg)
+    # bfloat16 keeps float32's exponent range, so its gradients need no loss scaling
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype != torch.bfloat16)
     n, size = cfg.SOLVER.BATCH_SIZE, cfg.INPUT.CROP_SIZE
     g = torch.Generator().manual_seed(1)
     im_q, im_k = (torch.randn(n, 3, size, size, generator=g).to(device, memory_format=fmt) for _ in range(2))
+    return Step(moco, im_q, im_k, lambda: train_step(moco, optimizer, scaler, im_q, im_k, amp, amp_dtype=amp_dtype))
+
+
+def measure_step(cfg: CfgNode, repeats: int, device: torch.device, amp: bool = False,
+                 channels_last: bool = False, label: str = "") -> StepResult:
+    """Time ours, alg1 and encoder interleaved; print and return the ratios."""
+    ours = build_step(cfg, device, amp, channels_last)
+    moco, im_k = ours.moco, ours.im_k
+    encoder = copy.deepcopy(moco.encoder_q)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    alg1 = Algorithm1(copy.deepcopy(encoder).to(device, memory_format=fmt).train(), cfg)
+    bare = BareEncoder(copy.deepcopy(encoder).to(device, memory_format=fmt).train(), cfg)
+    im_q, n, size = ours.im_q, cfg.SOLVER.BATCH_SIZE, cfg.INPUT.CROP_SIZE
 
     def autocast():
         return torch.autocast(device.type, enabled=amp)
@@ -161,8 +180,7 @@ def measure_step(cfg: CfgNode, repeats: int, device: torch.device, amp: bool = F
 
     own = moco_operations(copy.deepcopy(moco), im_k, autocast)
     medians = timing.interleaved_medians({
-        "ours": lambda: train_step(moco, optimizer, scaler, im_q, im_k, amp),
-        "alg1": run_alg1, "encoder": run_bare, "moco_ops": own}, repeats)
+        "ours": ours.run, "alg1": run_alg1, "encoder": run_bare, "moco_ops": own}, repeats)
     print(f"{label}: batch {n}, {size}x{size}, K {cfg.MOCO.K}, {sum(p.numel() for p in encoder.parameters()) / 1e6:.1f}M "
           f"params, {repeats} interleaved repeats", flush=True)
     timing.report_times(medians, "ms")
@@ -178,16 +196,13 @@ def measure_step(cfg: CfgNode, repeats: int, device: torch.device, amp: bool = F
     return StepResult(ratio, overhead, own, n / medians["ours"])
 
 
-def gpu_fraction(cfg: CfgNode, step_s: float, device: torch.device) -> None:
-    """FLOPs of one step over its time, against the GPU's own measured fp16 matmul rate."""
-    peak = timing.matmul_flops_per_s(device, torch.float16)
-    torch.manual_seed(0)
-    moco = build_moco(cfg, resnet_shape(cfg)).to(device, memory_format=torch.channels_last)
-    optimizer, scaler = make_optimizer(cfg, moco), torch.amp.GradScaler(device.type)
-    n, size = cfg.SOLVER.BATCH_SIZE, cfg.INPUT.CROP_SIZE
-    x = torch.randn(n, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    flops = timing.count_flops(lambda: train_step(moco, optimizer, scaler, x, x, True))
-    timing.report_ratio("GPU step FLOP/s over measured fp16 matmul FLOP/s", flops / step_s, peak)
+def gpu_fraction(step: Step, step_s: float, device: torch.device, dtype: torch.dtype = torch.float16,
+                 matmul_n: int = 8192) -> tuple[float, int, float]:
+    """FLOPs of one step over its time, against the device's own measured matmul rate in ``dtype``:
+    (that fraction, the step's FLOPs, the matmul FLOP/s)."""
+    peak = timing.matmul_flops_per_s(device, dtype, matmul_n)
+    flops = timing.count_flops(step.run)
+    return timing.report_ratio(f"step FLOP/s over measured {dtype} matmul FLOP/s", flops / step_s, peak), flops, peak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             result = measure_step(cfg, 4 * repeats, gpu, amp=True, channels_last=True,
                                   label=f"{scale} GPU AMP channels_last")
             print(f"  {scale} GPU: {result.images_per_s:.0f} images/s (ours)")
-            gpu_fraction(cfg, cfg.SOLVER.BATCH_SIZE / result.images_per_s, gpu)
+            gpu_fraction(build_step(cfg, gpu, amp=True, channels_last=True),
+                         cfg.SOLVER.BATCH_SIZE / result.images_per_s, gpu)
     else:
         print("# no GPU: the AMP/channels_last and matmul-fraction measurements are skipped")
     return 0

@@ -3,6 +3,7 @@ classification transforms used by the linear probe, kNN and the supervised train
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -38,17 +39,23 @@ def _normalize(cfg: CfgNode) -> list:
     return [T.ToTensor(), T.Normalize(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)]
 
 
-def moco_view(cfg: CfgNode) -> T.Compose:
-    """One view. v1 (InstDisc's): crop, grayscale, jitter, flip. v2 aug+: crop, jitter
-    with probability, grayscale, blur with probability, flip (the authors' orders)."""
+def moco_view_steps(cfg: CfgNode, tf: ModuleType = T, blur: Callable | None = None) -> list:
+    """One view's random steps, from the transforms module ``tf`` (torchvision.transforms,
+    or transforms.v2 for tensors on a GPU) and ``blur`` (default: the PIL blur). v1
+    (InstDisc's): crop, grayscale, jitter, flip. v2 aug+: crop, jitter with probability,
+    grayscale, blur with probability, flip (the authors' orders)."""
     a = cfg.AUG
-    crop = T.RandomResizedCrop(cfg.INPUT.CROP_SIZE, scale=tuple(a.CROP_SCALE))
-    jitter = T.RandomApply([T.ColorJitter(*a.COLOR_JITTER)], p=a.COLOR_JITTER_P)
-    gray = T.RandomGrayscale(p=a.GRAYSCALE_P)
-    blur = T.RandomApply([RandomGaussianBlur(tuple(a.BLUR_SIGMA))], p=a.BLUR_P)
-    flip = T.RandomHorizontalFlip(p=a.FLIP_P)
-    steps = [crop, jitter, gray, blur, flip] if a.PLUS else [crop, gray, jitter, blur, flip]
-    return T.Compose(steps + _normalize(cfg))
+    crop = tf.RandomResizedCrop(cfg.INPUT.CROP_SIZE, scale=tuple(a.CROP_SCALE))
+    jitter = tf.RandomApply([tf.ColorJitter(*a.COLOR_JITTER)], p=a.COLOR_JITTER_P)
+    gray = tf.RandomGrayscale(p=a.GRAYSCALE_P)
+    blur = tf.RandomApply([blur or RandomGaussianBlur(tuple(a.BLUR_SIGMA))], p=a.BLUR_P)
+    flip = tf.RandomHorizontalFlip(p=a.FLIP_P)
+    return [crop, jitter, gray, blur, flip] if a.PLUS else [crop, gray, jitter, blur, flip]
+
+
+def moco_view(cfg: CfgNode) -> T.Compose:
+    """One view: the random steps on a PIL image, then tensor and normalisation."""
+    return T.Compose(moco_view_steps(cfg) + _normalize(cfg))
 
 
 def moco_transform(cfg: CfgNode) -> TwoCrops:

@@ -49,13 +49,15 @@ def make_optimizer(cfg: CfgNode, moco: Contrastive) -> torch.optim.SGD:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                im_q: torch.Tensor, im_k: torch.Tensor, amp: bool,
-               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               index: torch.Tensor | None = None,
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One iteration (InfoNCE loss, backward, SGD step); returns (loss, logits, labels).
-    ``index``: the images' dataset indices (the memory bank's entries).
+    ``index``: the images' dataset indices (the memory bank's entries). ``amp_dtype``: the
+    autocast dtype (None: autocast's default for the device, float16 on CUDA).
 
     A function of its own so the benchmarks time exactly the step the training loop runs.
     """
-    with torch.autocast(im_q.device.type, enabled=amp):
+    with torch.autocast(im_q.device.type, dtype=amp_dtype, enabled=amp):
         logits, labels = model(im_q, im_k, index)
         loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)

@@ -41,3 +41,38 @@ def test_bench_demo_reads_the_demos_stage_lines():
 
     printed = "[demo 1/5] data: synthetic\n[demo 1/5] data finished in 14s\n[demo 2/5] backbones finished in 4m54s\n"
     assert bench_demo.stage_times(printed) == {"data": "14s", "backbones": "4m54s"}
+
+
+def test_gpu_check_dry_run_writes_every_part(tmp_path):
+    """The GPU check's CPU dry run, through its wrapper: every part ran and reported numbers."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks import gpu_check
+
+    out = tmp_path / "gpu_check.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run"], cwd=tmp_path,
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] and report["machine"]["torch"]
+    parts = report["parts"]
+    assert set(parts) == set(gpu_check.SHARES)
+    for name, part in parts.items():
+        assert part["ok"], (name, part.get("error"))
+        assert part["seconds"] >= 0 and part["box_s"] > 0
+    step = parts["pretrain_step"]
+    assert step["images_per_s"]["fp32"] > 0 and 0 < step["fraction_of_matmul"] and step["step_flops"] > 0
+    data = parts["data_path"]
+    assert data["cpu_loader_images_per_s"] > 0 and data["gpu_v2_images_per_s"] > 0 and data["cpu_loader_over_step"] > 0
+    for config in gpu_check.DETECTION:
+        assert parts["detection_step"][config]["seconds_per_iter"]["ours"] > 0
+    e2e = parts["end_to_end"]
+    assert e2e["backend"] == "gloo" and all(s["exit_code"] == 0 for s in e2e["steps"].values())
+    assert set(e2e["metrics"]) == {"transfer_voc", "transfer_coco"}
+    assert all(m["meta"]["world_size"] == 2 and "bbox" in m for m in e2e["metrics"].values())
+    assert "segm" in e2e["metrics"]["transfer_coco"]
