@@ -21,8 +21,8 @@ finished. Every figure comes from the benchmarks' own measuring functions:
                   same config file when detectron2 is importable (their ratio).
   end_to_end      the real commands, a few iterations each: mocobench data synth (tiny), pretrain
                   under torchrun (one process per GPU: NCCL when there are several), convert,
-                  and a VOC R50-C4 and a COCO R50-FPN Mask R-CNN transfer job under torchrun with
-                  AMP, ending in their metrics.json; each command's exit code and seconds.
+                  and a VOC R50-C4 and a COCO R50-FPN Mask R-CNN transfer job side by side under
+                  torchrun with AMP, ending in their metrics.json; each command's exit code and seconds.
 
 --dry-run runs the same code on the CPU at tiny sizes (tiny widths, 32-64 pixel images, 1-2
 iterations, float32, two gloo processes under torchrun) in well under a minute; the test suite
@@ -30,12 +30,14 @@ runs it so the script keeps working where no GPU is at hand.
 
 Run on a GPU machine from the checkout root (bash benchmarks/gpu_check.sh wraps this):
     python -m benchmarks.gpu_check --out gpu_check.json
-Expected runtime on one H100/H200: about 4-5 minutes, under the 8-minute budget.
+Expected runtime on one H100/H200 (an estimate: it has not run on one yet): 3-5 minutes, inside
+the 8-minute budget; the CPU dry run takes about 35 s on a loaded 2-core machine.
 
 JSON fields:
   machine         device name, GPU memory, torch / CUDA / cuDNN versions, CPU count, sgemm rate
   budget_s, seconds, dry_run
-  parts.NAME      ok (bool), seconds, box_s (its time box), error (only when not ok), and:
+  parts.NAME      ok (bool), seconds, box_s (its time box), error (only when not ok),
+                  max_gpu_memory_gib (this process's peak; GPU runs only), and:
     pretrain_step   images_per_s {bf16, fp16, bf16_cudnn_benchmark}, step_flops (one step),
                     matmul_flops_per_s (measured, bf16), fraction_of_matmul (bf16 step FLOP/s over
                     it), goal_images_per_s, goal_met, config (batch, crop, K, width)
@@ -290,28 +292,32 @@ def detection_step(sizes: Sizes, device: torch.device, results: dict) -> dict:
 
 
 # ---- (d) pretrain -> convert -> transfer ----------------------------------------------------------
-def run_command(argv: list[str], timeout_s: float, torchrun: int = 0) -> dict:
-    """Run ``python -m mocobench ARGV`` (under torchrun with that many processes); its exit code and seconds.
-    Its own process session, so a time-out ends torchrun's workers too."""
-    launcher = (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)] if torchrun
-                else [])
-    cmd = [sys.executable, *launcher, "-m", "mocobench", *argv]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    try:
-        _, err = proc.communicate(timeout=max(timeout_s, 1.0))
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        err, code = f"timed out after {timeout_s:.0f} s", None
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    result = {"exit_code": code, "seconds": time.perf_counter() - start, "argv": argv}
-    if code != 0:
-        result["stderr_tail"] = (err or "")[-2000:]
-    return result
+class Command:
+    """``python -m mocobench ARGV`` started now (under torchrun with that many processes), in its
+    own process session so that a time-out ends torchrun's workers too."""
+
+    def __init__(self, argv: list[str], torchrun: int = 0) -> None:
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)] if torchrun else []
+        self.argv, self.start = argv, time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, *launcher, "-m", "mocobench", *argv], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+
+    def finish(self, timeout_s: float) -> dict:
+        """Wait at most ``timeout_s``; its exit code (None: timed out) and seconds, and its stderr's tail if it failed."""
+        try:
+            _, err = self.proc.communicate(timeout=max(timeout_s, 1.0))
+            code = self.proc.returncode
+        except subprocess.TimeoutExpired:
+            err, code = f"timed out after {timeout_s:.0f} s", None
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        result = {"exit_code": code, "seconds": time.perf_counter() - self.start, "argv": self.argv}
+        if code != 0:
+            result["stderr_tail"] = (err or "")[-2000:]
+        return result
 
 
 def end_to_end(sizes: Sizes, device: torch.device, results: dict, deadline: float) -> dict:
@@ -319,26 +325,31 @@ def end_to_end(sizes: Sizes, device: torch.device, results: dict, deadline: floa
     backend = ("nccl" if device.type == "cuda" else "gloo") if p > 1 else "none (one process)"
     steps: dict[str, dict] = {}
     metrics: dict[str, object] = {}
+
+    def finish(name: str, command: Command) -> bool:
+        # each command may use what is left of the part's time box
+        steps[name] = command.finish(deadline - time.perf_counter())
+        print(f"  end_to_end {name}: exit {steps[name]['exit_code']} in {steps[name]['seconds']:.1f} s", flush=True)
+        return steps[name]["exit_code"] == 0
+
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        def step(name: str, argv: list[str], torchrun: int = 0) -> bool:
-            # each command may use what is left of the part's time box
-            steps[name] = run_command(argv, deadline - time.perf_counter(), torchrun)
-            print(f"  end_to_end {name}: exit {steps[name]['exit_code']} in {steps[name]['seconds']:.1f} s", flush=True)
-            return steps[name]["exit_code"] == 0
-
-        ok = step("data", ["data", "synth", "--out", str(t / "data"), "--scale", "tiny", "--quiet"])
-        ok = ok and step("pretrain", ["pretrain", "--config", str(config_path("pretrain/moco_v2_demo.yaml")),
-                                      "--data", str(t / "data" / "unlabeled"), "--output-dir", str(t / "pretrain"),
-                                      *sizes.pretrain_e2e], torchrun=p)
-        ok = ok and step("convert", ["convert", str(t / "pretrain" / "checkpoint_0001.pth.tar"), str(t / "moco.pkl")])
-        for name, config in (("transfer_voc", "demo_voc_C4.yaml"), ("transfer_coco", "demo_coco_FPN_mask.yaml")):
-            run_dir = t / name
-            if ok and step(name, ["transfer", "--config", str(config_path(f"detection/demo/{config}")),
-                                  "--weights", str(t / "moco.pkl"), "--output-dir", str(run_dir),
-                                  "--data-root", str(t / "data"), *sizes.transfer_e2e,
-                                  "SOLVER.IMS_PER_BATCH", str(2 * p)], torchrun=p):
-                metrics[name] = json.loads((run_dir / "metrics.json").read_text())
+        ok = finish("data", Command(["data", "synth", "--out", str(t / "data"), "--scale", "tiny", "--quiet"]))
+        ok = ok and finish("pretrain", Command(
+            ["pretrain", "--config", str(config_path("pretrain/moco_v2_demo.yaml")), "--data", str(t / "data" / "unlabeled"),
+             "--output-dir", str(t / "pretrain"), *sizes.pretrain_e2e], torchrun=p))
+        ok = ok and finish("convert", Command(["convert", str(t / "pretrain" / "checkpoint_0001.pth.tar"),
+                                               str(t / "moco.pkl")]))
+        # the two jobs are independent: started together, they overlap their start-up and imports
+        jobs = {name: Command(["transfer", "--config", str(config_path(f"detection/demo/{config}")),
+                               "--weights", str(t / "moco.pkl"), "--output-dir", str(t / name),
+                               "--data-root", str(t / "data"), *sizes.transfer_e2e,
+                               "SOLVER.IMS_PER_BATCH", str(2 * p)], torchrun=p)
+                for name, config in (("transfer_voc", "demo_voc_C4.yaml"), ("transfer_coco", "demo_coco_FPN_mask.yaml"))
+                if ok}
+        for name, command in jobs.items():
+            if finish(name, command):
+                metrics[name] = json.loads((t / name / "metrics.json").read_text())
     failed = [k for k, v in steps.items() if v["exit_code"] != 0]
     if failed:
         raise RuntimeError(f"end_to_end: {failed[0]} failed (exit {steps[failed[0]]['exit_code']}): "
@@ -384,6 +395,8 @@ def run(out: Path, dry_run: bool, budget_s: float, workers: int, parts: list[str
         print(f"[gpu_check {i}/{len(parts)}] {name}: time box {box:.0f} s (budget {budget_s:.0f} s, {left:.0f} s left)",
               flush=True)
         t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         try:
             if box < 1:
                 raise PartTimeout("no time left in the budget")
@@ -392,6 +405,8 @@ def run(out: Path, dry_run: bool, budget_s: float, workers: int, parts: list[str
         except Exception as e:  # noqa: BLE001 -- one part's failure is data for the JSON, not the end of the run
             result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         result.update(seconds=time.perf_counter() - t0, box_s=box)
+        if device.type == "cuda":
+            result["max_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         report["parts"][name] = result
         report["seconds"] = time.perf_counter() - start
         status = "ok" if result["ok"] else result["error"][:300]
