@@ -1,7 +1,7 @@
 """Run the whole suite end to end at demo scale, on the CPU, in minutes:
 
   synthetic data -> MoCo v2 pretraining -> supervised init -> convert both to detectron2
-  weights -> demo VOC table (Faster R-CNN R50-C4) and demo COCO table (Mask R-CNN R50-FPN)
+  weights -> demo VOC table (Faster R-CNN R50-C4) and demo COCO table (Mask R-CNN R50-C4)
   with random / supervised / MoCo inits -> collated tables with deltas vs supervised.
 
 Each stage is the suite's own command run as a subprocess, so the demo exercises exactly
