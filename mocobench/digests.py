@@ -56,3 +56,17 @@ def write_digests(folder: str | os.PathLike, digests: Mapping[str, Union[str, in
 def changed(stored: Mapping, current: Mapping) -> list[str]:
     """Names whose recorded value differs from the current one (names only one side has count)."""
     return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+
+
+def flat(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """A nested config mapping as {'A.B.C': value}."""
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
+def key_changes(old: Mapping, new: Mapping) -> list[str]:
+    """'KEY: old -> new' for each key of two nested configs whose values differ."""
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -11,15 +11,19 @@ read by ``mocobench.checkpoints.read_checkpoint``, which runs no code from them.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
+from fvcore.common.config import CfgNode
 
 from mocobench import UserError
 from mocobench.atomic import torch_save
+from mocobench.digests import file_digest, key_changes, read_digests, text_digest, write_digests
 from mocobench.checkpoints import check_finite, last_checkpoint, point_to, read_checkpoint, trunk_weights
 from mocobench.resnet import ResNetShape, infer_shape, tv_to_d2
 
@@ -71,3 +75,36 @@ def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
 def trunk_shape(state: dict[str, torch.Tensor], source: str | Path) -> ResNetShape:
     """The ResNetShape a torchvision-named trunk was built with, read off its tensors."""
     return infer_shape(source, {d2: v for k, v in state.items() if (d2 := tv_to_d2(k))})
+
+
+# settings a resume may change: where the run is written, where the images are (their listing is
+# digested instead), loader processes (augmentation is seeded per sample), logging, and the
+# number of epochs (a resume that adds epochs extends the run)
+_NEUTRAL = ("OUTPUT_DIR", "DATA.PATH", "DATA.NUM_WORKERS", "TRAIN.LOG_PERIOD", "SOLVER.EPOCHS")
+
+
+def run_inputs(cfg: CfgNode, samples: Sequence[tuple[str, int]], weights: str | Path | None = None) -> dict:
+    """What determines a pretraining or classifier run: its config, its images (names, sizes and
+    labels) and, for a probe, the weights file's content."""
+    tree = yaml.safe_load(cfg.dump())
+    for key in _NEUTRAL:
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    root = Path(cfg.DATA.PATH)
+    listing = "\n".join(f"{Path(p).relative_to(root) if Path(p).is_relative_to(root) else p} "
+                         f"{os.path.getsize(p)} {label}" for p, label in samples)
+    return {"config": tree, "data": text_digest(listing), "weights": file_digest(weights) if weights else ""}
+
+
+def claim_inputs(out_dir: Path, inputs: dict, resuming: bool) -> None:
+    """Record the run's inputs; a resumed run must have the inputs it started with."""
+    stored = read_digests(out_dir)
+    if resuming and stored is not None and stored != inputs:
+        details = key_changes(stored.get("config", {}), inputs["config"])[:3]
+        details += [f"{name} content" for name in ("data", "weights") if stored.get(name) != inputs[name]]
+        raise UserError(f"{out_dir}: --resume with other inputs than the run was started with "
+                        f"({'; '.join(details) or 'config'}); give another --output-dir for a new run")
+    write_digests(out_dir, inputs)

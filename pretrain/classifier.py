@@ -43,7 +43,7 @@ def top1(net: nn.Module, loader, device: torch.device) -> float:
 
 def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter], out_dir: Path,
                      resume: bool, frozen_trunk: bool, label: str, device: torch.device,
-                     report: str = "last") -> dict:
+                     report: str = "last", weights: str | None = None) -> dict:
     """Train ``params`` of ``net`` with cross-entropy; returns {"top1": val % of the
     ``report``ed epoch, "reported": "best" | "last", "top1_best", "best_epoch", "top1_last",
     "epochs", "classes"}.
@@ -51,6 +51,8 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     With ``frozen_trunk`` the network stays in eval mode throughout (the linear protocol:
     BN statistics of the pretrained trunk are not updated). ``report="best"`` is the
     authors' main_lincls.py: the best val top-1 over the epochs (selected on val itself).
+    ``weights`` (a probe's trunk) is digested with the config and images, so a resume onto
+    other inputs is refused.
     """
     world, main = mdist.world_size(), mdist.is_main()
     if cfg.SOLVER.BATCH_SIZE % world:
@@ -80,6 +82,8 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     model = (DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
              if world > 1 else net)
     if main:
+        inputs = checkpoint.run_inputs(cfg, train_samples + val_samples, weights)
+        checkpoint.claim_inputs(out_dir, inputs, resuming=last is not None)
         write_text(out_dir / "config.yaml", cfg.dump())
     log = JsonlLog(out_dir / "metrics.jsonl", enabled=main)
     log.truncate_after("iter", iteration)

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         device = mdist.init_from_env(cfg.TRAIN.DEVICE)
         with run_folder(out_dir, "lincls"):
             result = train_classifier(cfg, net.to(device), net.fc.parameters(), out_dir, args.resume,
-                                      frozen_trunk=True, label="lincls", device=device, report="best")
+                                      frozen_trunk=True, label="lincls", device=device, report="best",
+                                      weights=args.weights)
         if mdist.is_main():
             print(f"lincls top-1 {result['top1']:.2f}% (best, epoch {result['best_epoch']}; "
                   f"last {result['top1_last']:.2f}%) ({args.weights})")

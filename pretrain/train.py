@@ -117,6 +117,7 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
     model = (DistributedDataParallel(moco, device_ids=[device.index] if on_gpu else None, broadcast_buffers=False)
              if world > 1 else moco)
     if main:
+        checkpoint.claim_inputs(out_dir, checkpoint.run_inputs(cfg, samples), resuming=last is not None)
         write_text(out_dir / "config.yaml", cfg.dump())
     log = JsonlLog(out_dir / "metrics.jsonl", enabled=main)
     log.truncate_after("iter", iteration)

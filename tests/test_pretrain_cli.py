@@ -89,6 +89,26 @@ def test_lincls_and_supervised(pretrained, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
 
 
+def test_resume_with_other_inputs_is_refused(pretrained, tmp_path, capsys):
+    """A resumed run must be the run it continues: another learning rate or other images are
+    refused, naming them; more epochs extend it."""
+    import shutil
+
+    tmp, _, _ = pretrained
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    base = ["pretrain", "--config", str(tmp / "tiny.yaml"), "--output-dir", str(run), "--resume"]
+    assert main([*base, "--data", str(tmp / "unlabeled"), "SOLVER.EPOCHS", "2", "SOLVER.BASE_LR", "0.5"]) == 2
+    assert "SOLVER.BASE_LR" in capsys.readouterr().err
+    other = tmp_path / "other"
+    shutil.copytree(tmp / "unlabeled", other)
+    write_images(other / "more", 1, seed=9)  # one image more
+    assert main([*base, "--data", str(other), "SOLVER.EPOCHS", "2"]) == 2
+    assert "data content" in capsys.readouterr().err
+    assert main([*base, "--data", str(tmp / "unlabeled"), "SOLVER.EPOCHS", "3",
+                 "KNN.DATA", str(tmp / "classify")]) == 0
+
+
 @pytest.mark.parametrize("problem", ["missing", "empty", "unreadable", "K", "key"])
 def test_bad_input_is_one_line_error_with_exit_2(problem, tmp_path, capsys):
     data = tmp_path / "images"

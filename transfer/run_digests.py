@@ -14,7 +14,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from mocobench import UserError
-from mocobench.digests import Digests, changed, file_digest, read_digests, text_digest
+from mocobench.digests import Digests, changed, file_digest, key_changes, read_digests, text_digest
 from mocobench.transfer.config import load_detection_config
 
 RANDOM_INIT = "random-init"
@@ -57,21 +57,13 @@ def planned_digests(config: Path, overrides: Sequence[str], weights: Path | None
     return job_digests(cfg, engine)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def config_changes(stored_yaml: Path, cfg: CfgNode) -> list[str]:
     """'KEY: old -> new' for each config key that differs from the run folder's config.yaml."""
     try:
-        old = _flat(yaml.safe_load(_neutral(load_detection_config(stored_yaml)).dump()))
+        old = yaml.safe_load(_neutral(load_detection_config(stored_yaml)).dump())
     except (UserError, OSError, yaml.YAMLError):
         return []
-    new = _flat(yaml.safe_load(_neutral(cfg).dump()))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return key_changes(old, yaml.safe_load(_neutral(cfg).dump()))
 
 
 def refuse_changed_resume(out_dir: Path, cfg: CfgNode, current: Digests) -> None:
