@@ -23,7 +23,7 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench.atomic import torch_save
 from mocobench.digests import file_digest, key_changes, read_digests, text_digest, write_digests
-from mocobench.checkpoints import check_finite, last_checkpoint, point_to, read_checkpoint, trunk_weights
+from mocobench.checkpoints import check_finite, point_to, read_checkpoint, trunk_weights
 from mocobench.resnet import ResNetShape, infer_shape, tv_to_d2
 
 

@@ -29,7 +29,7 @@ from mocobench.results.plan import (DONE, NEW, STALE, PlannedRun, changed_inputs
                                     scaling_overrides)
 from mocobench.transfer.config import load_detection_config
 from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
-                            transfer_argv)
+                                      transfer_argv)
 from mocobench.results.runs import read_metrics
 from mocobench.results.tables import add_trials_argument, load_inits, resolve_tables
 

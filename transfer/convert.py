@@ -12,7 +12,6 @@ that converts is one the detection trunk can load.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
