@@ -2,7 +2,10 @@
 
 Two runs writing one folder would interleave their logs and overwrite each other's
 checkpoints and results, so every command that writes a run folder (pretrain, lincls,
-supervised, transfer, run-all's output) holds its lock for the whole run. The kernel
+supervised, transfer) holds its lock for the whole run. run-all holds a lock of its own
+(RUN_ALL_LOCK_FILE, so the transfer it launches can still take LOCK_FILE) in each of its jobs'
+run folders, all of them or none (``run_folders``): two run-alls over one output run side by
+side when their jobs are disjoint, and one overlapping another is refused. The kernel
 releases a flock when its holder exits, however it exits, so a killed run never blocks the
 next one; the lock file only records who holds it, for the refusal message.
 
@@ -24,13 +27,14 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from mocobench import UserError
 from mocobench.atomic import ensure_folder, stale_temp_files
 from mocobench.conventions import LAST_CHECKPOINT
 
 LOCK_FILE = ".lock"
+RUN_ALL_LOCK_FILE = ".run-all.lock"
 
 
 def _holder(fd: int) -> str:
@@ -39,9 +43,9 @@ def _holder(fd: int) -> str:
     return text or "another process (starting up)"
 
 
-def acquire(folder: Path, command: str) -> int:
+def acquire(folder: Path, command: str, lock_file: str = LOCK_FILE) -> int:
     """The open, locked lock file's descriptor; UserError naming the holder if it is taken."""
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(folder / lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -79,3 +83,53 @@ def run_folder(folder: str | os.PathLike, command: str, discard_new_on_failure: 
         raise
     finally:
         os.close(fd)
+
+
+class FolderLocks:
+    """The locks ``run_folders`` holds, one per folder."""
+
+    def __init__(self, command: str, lock_file: str) -> None:
+        self.command, self.lock_file = command, lock_file
+        self.fds: dict[Path, int] = {}
+
+    def take(self, folder: Path) -> None:
+        """Create ``folder`` if needed and lock it; again after the folder was renamed away
+        (the old lock file went with it, so the path is unlocked)."""
+        ensure_folder(folder)
+        fd = acquire(folder, self.command, self.lock_file)
+        if folder in self.fds:
+            os.close(self.fds[folder])
+        self.fds[folder] = fd
+
+    def release(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+@contextlib.contextmanager
+def run_folders(folders: Sequence[Path], command: str, lock_file: str = RUN_ALL_LOCK_FILE) -> Iterator[FolderLocks]:
+    """Hold the lock of every folder (created if needed) while the body runs, or of none: if
+    one is held elsewhere, release those taken, remove the folders this call created and
+    raise the UserError naming that folder and its holder, so a refused run starts nothing
+    and leaves no folder behind."""
+    locks = FolderLocks(command, lock_file)
+    new: list[list[Path]] = []
+    try:
+        for folder in folders:
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
+            locks.take(folder)
+            new.append(missing)
+    except BaseException:
+        for missing in reversed(new):  # each deepest first; a folder something else wrote into stays
+            if missing:
+                (missing[0] / lock_file).unlink(missing_ok=True)
+            for path in missing:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        locks.release()
+        raise
+    try:
+        yield locks
+    finally:
+        locks.release()

@@ -12,6 +12,13 @@ reference (the paper used 8 GPUs), images per batch and LR scale linearly and it
 inversely (detectron2's REFERENCE_WORLD_SIZE rule); job.json in each run folder records the
 command, the world size and those overrides. A failed job does not stop the others; the
 summary names it and the exit status is 1.
+
+Before it plans or starts anything, run-all locks every job's run folder (``.run-all.lock``,
+beside the ``.lock`` its transfer takes), all of them or none: two run-alls over one output
+folder run side by side when their jobs are disjoint (the demo runs one per init and table),
+and one sharing a job with a running one is refused in one line naming the folder and holder.
+Nothing else it writes is shared at the output root: the slurm launcher's ``.submitit`` folder
+names its files by job id and a random id.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import argparse
 import os
 import shlex
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_json
-from mocobench.run_lock import run_folder
+from mocobench.run_lock import run_folders
 from mocobench.results.plan import (DONE, NEW, STALE, PlannedRun, changed_inputs, expand, reference_world_size,
                                     scaling_overrides)
 from mocobench.transfer.config import load_detection_config
@@ -123,6 +131,35 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output).resolve()
     world = world_size(args)
     jobs = expand(tables, inits, output)
+    # locked before planning, so no other run-all changes a job's state between plan and launch
+    held = (nullcontext() if args.dry_run
+            else run_folders([j.run_dir for j in jobs if j.config.is_file()], "run-all"))
+    with held as locks:
+        specs, counts, missing = plan_jobs(jobs, world, args)
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"{len(jobs)} jobs in {len(tables)} tables: {summary}; world size {world}")
+        if args.dry_run:
+            return 0
+        for job, spec in specs:
+            if job.stale and job.run_dir.exists():
+                print(f"{job.name}: inputs changed ({', '.join(job.stale)}); old run moved to "
+                      f"{move_aside(job.run_dir)}")
+                locks.take(job.run_dir)  # the lock file moved aside with the old run
+            write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
+        codes = launch(args, [s for _, s in specs], output, world)
+    failed = [j.name for j, s in specs if codes.get(s.name) or read_metrics(j.run_dir, j.table.metrics) is None]
+    failed += [j.name for j in missing]
+    finished = len(specs) + len(missing) - len(failed)
+    print(f"run_all: {counts.get(DONE, 0)} already done, {finished} finished now, {len(failed)} failed")
+    for name in failed:
+        print(f"  FAILED {name}")
+    return 1 if failed else 0
+
+
+def plan_jobs(jobs: list[PlannedRun], world: int, args: argparse.Namespace
+              ) -> tuple[list[tuple[PlannedRun, LaunchSpec]], dict[str, int], list[PlannedRun]]:
+    """The jobs to run with their launch specs, the count per state, and the jobs without a
+    config; prints a line per job."""
     specs, counts, missing = [], {}, []
     for job in jobs:
         state = plan(job, world, args.engine)
@@ -140,25 +177,7 @@ def run(args: argparse.Namespace) -> int:
         why = f"  (changed: {', '.join(job.stale)})" if job.stale else ""
         print(f"{state:9s} {job.name}{why}  {shlex.join(argv)}")
         specs.append((job, LaunchSpec(job.name, job.run_dir, argv)))
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"{len(jobs)} jobs in {len(tables)} tables: {summary}; world size {world}")
-    if args.dry_run:
-        return 0
-    # the whole output is one run: a second run-all on it would start every job a second time
-    with run_folder(output, "run-all", discard_new_on_failure=False):
-        for job, spec in specs:
-            if job.stale and job.run_dir.exists():
-                print(f"{job.name}: inputs changed ({', '.join(job.stale)}); old run moved to "
-                      f"{move_aside(job.run_dir)}")
-            write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
-        codes = launch(args, [s for _, s in specs], output, world)
-    failed = [j.name for j, s in specs if codes.get(s.name) or read_metrics(j.run_dir, j.table.metrics) is None]
-    failed += [j.name for j in missing]
-    finished = len(specs) + len(missing) - len(failed)
-    print(f"run_all: {counts.get(DONE, 0)} already done, {finished} finished now, {len(failed)} failed")
-    for name in failed:
-        print(f"  FAILED {name}")
-    return 1 if failed else 0
+    return specs, counts, missing
 
 
 def launch(args: argparse.Namespace, specs: list[LaunchSpec], output: Path, world: int) -> dict[str, int]:

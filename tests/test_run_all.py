@@ -233,6 +233,51 @@ def test_table_killed_halfway_reruns_only_unfinished_jobs(tmp_path):
             assert read_metrics(out / "tiny" / init / f"seed{seed}", ["bbox/AP50"]) is not None
 
 
+def test_run_alls_with_disjoint_jobs_share_an_output_and_an_overlapping_one_is_refused(tmp_path):
+    """Each run-all locks its jobs' run folders, not the output: the demo runs one per init."""
+    real_engine_or_skip()
+    from conftest import one_line_refusals
+    from engine_fixtures import write_tiny_config
+    from mocobench.run_lock import RUN_ALL_LOCK_FILE
+    from mocobench.transfer.datasets.synth import write_synthetic
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_synthetic(data, 0, "tiny")
+    write_tiny_config(tmp_path / "det.yaml")
+    (tmp_path / "tiny.yaml").write_text("CONFIG: {RGB: det.yaml}\nTRIALS: 1\nMETRICS: [bbox/AP50]\n")
+
+    def start(init: str) -> subprocess.Popen:
+        (tmp_path / f"{init}.yaml").write_text(f"{init}: {{}}\n")
+        argv = ["run-all", "--tables", tmp_path / "tiny.yaml", "--inits", tmp_path / f"{init}.yaml",
+                "--output", out, "--data-root", data]
+        return subprocess.Popen([sys.executable, "-m", "mocobench", *map(str, argv)], text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def wait_until_held(init: str, proc: subprocess.Popen) -> None:
+        lock, deadline = out / "tiny" / init / "seed0" / RUN_ALL_LOCK_FILE, time.time() + 120
+        while not lock.is_file() or b"pid" not in lock.read_bytes():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+
+    first = start("random")
+    wait_until_held("random", first)
+    first.send_signal(signal.SIGSTOP)  # alive and holding its job, however fast its job runs
+    try:
+        second, overlapping = start("scratch"), start("random")
+        wait_until_held("scratch", second)  # both hold their jobs at once
+        _, err = overlapping.communicate(timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    refused = subprocess.CompletedProcess(overlapping.args, overlapping.returncode, "", err)
+    assert not one_line_refusals({"overlap": refused},
+                                 {"overlap": f"{out / 'tiny' / 'random' / 'seed0'}: in use by pid {first.pid}"})
+    for proc in (first, second):
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "1 finished now" in stdout, stdout + stderr
+    assert all(read_metrics(out / "tiny" / init / "seed0", ["bbox/AP50"]) for init in ("random", "scratch"))
+
+
 def test_failed_jobs_are_named_and_set_the_exit_status(tmp_path):
     table = write_table(tmp_path, trials=2)
     (tmp_path / "inits.yaml").write_text("moco: {weights: missing.pkl, format: RGB}\n")

@@ -18,8 +18,10 @@ from engine_fixtures import DEMO, TINY
 from mocobench.transfer.datasets.synth import write_synthetic
 from pretrain_tiny import write_tiny_config
 
-HOLD = ("import sys, time; from mocobench.run_lock import run_folder\n"
-        "with run_folder(sys.argv[1], 'test'):\n    print('held', flush=True); time.sleep(120)\n")
+HOLD = ("import sys, time; from pathlib import Path; from mocobench.run_lock import run_folder, run_folders\n"
+        "folder = Path(sys.argv[1])\n"
+        "held = run_folders([folder], 'test') if sys.argv[2:] == ['run-all'] else run_folder(folder, 'test')\n"
+        "with held:\n    print('held', flush=True); time.sleep(120)\n")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,10 @@ def data(tmp_path_factory) -> Path:
     return out
 
 
-def hold(folder: Path) -> subprocess.Popen:
-    """Another process holding the folder's lock (until killed)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+def hold(folder: Path, *run_all: str) -> subprocess.Popen:
+    """Another process holding the folder's lock, or with "run-all" its run-all lock (until killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), *run_all], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -87,15 +90,20 @@ def test_a_refused_new_run_leaves_no_folder(cli, tmp_path, data):
     assert not out.exists()
 
 
-def test_second_run_all_on_one_output_is_refused(cli, tmp_path):
+def test_run_all_sharing_a_job_with_another_is_refused_and_leaves_nothing(cli, tmp_path):
+    """All of its jobs' folders or none: held elsewhere, the second job's folder refuses the run,
+    and the first job's folder, made for its lock, goes again."""
     inits = tmp_path / "inits.yaml"
-    inits.write_text("random: {}\n")
+    inits.write_text("random: {}\nscratch: {}\n")
     out = tmp_path / "out"
-    holder = hold(out)
+    held = out / "demo_voc_R50_C4" / "scratch" / "seed0"
+    holder = hold(held, "run-all")
     try:
         r = cli("run-all", "--inits", inits, "--tables", "demo_voc_R50_C4", "--output", out)
     finally:
         holder.kill()
         holder.wait()
-    assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr
+    assert r.returncode == 2 and f"{held}: in use by pid {holder.pid}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (out / "demo_voc_R50_C4" / "random").exists()
     assert not list(out.glob("demo_voc_R50_C4/*/*/job.json"))
