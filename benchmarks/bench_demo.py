@@ -1,7 +1,7 @@
 """The demo's time in a unit that does not depend on the machine: seconds x sgemm GFLOP/s.
 
 Runs ``mocobench demo`` from scratch into a temporary folder (or --output-dir), then prints its
-stage times and RATIO demo_seconds_x_gflops against the budget: 10 minutes on a 2-core machine
+task times and RATIO demo_seconds_x_gflops against the budget: 10 minutes on a 2-core machine
 whose torch sgemm runs at 61 GFLOP/s, i.e. 600 x 61 = 36,600. A slower demo shows up as a larger
 number on any machine. The rate is measured by the demo itself (its header, demo.json), at the
 demo's thread count.
@@ -23,16 +23,17 @@ from pathlib import Path
 from benchmarks import timing
 
 BUDGET = 600 * 61.0  # seconds x GFLOP/s: 10 minutes at 61 GFLOP/s
-STAGE_LINE = re.compile(r"^\[demo \d+/\d+\] (\w+) finished in (.+)$")
+# "[demo] <task> finished in MM:SS (elapsed MM:SS, ETA MM:SS)"
+STAGE_LINE = re.compile(r"^\[demo\] (\S+) finished in (\S+)")
 
 
 def stage_times(output: str) -> dict[str, str]:
-    """Stage name -> the time the demo printed for it."""
+    """Task name -> the time the demo printed for it (data, pretrain, ..., <table>/<init>, collate)."""
     return {m.group(1): m.group(2) for line in output.splitlines() if (m := STAGE_LINE.match(line))}
 
 
 def run_demo(out: Path, overrides: list[str]) -> tuple[float, float, dict[str, str]]:
-    """(wall seconds, the demo's measured sgemm GFLOP/s, stage times) of one demo run."""
+    """(wall seconds, the demo's measured sgemm GFLOP/s, task times) of one demo run."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "mocobench", "demo", "--output-dir", str(out), *overrides],
                           capture_output=True, text=True)
@@ -53,7 +54,7 @@ def main() -> None:
         if out.exists() and any(out.iterdir()):
             raise SystemExit(f"bench_demo: {out} is not empty: the demo would resume instead of running")
         seconds, gflops, stages = run_demo(out, args.overrides)
-    print("  stages: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
+    print("  tasks: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
     print(f"  demo {seconds:.0f} s at sgemm {gflops:.0f} GFLOP/s")
     timing.report_ratio("demo_seconds_x_gflops / budget", seconds * gflops, BUDGET, "<= 1", seconds * gflops <= BUDGET)
 

@@ -2,8 +2,8 @@
 
 Why it matters: the demo's and the CPU tests' jobs are small and use a second thread
 poorly, so N one-thread processes side by side finish sooner than the same work in turn
-(docs/NOTES.md, "Performance"). Both ``run-all --parallel`` and the demo's lanes split the cores
-this way.
+(docs/NOTES.md, "Performance"). Both ``run-all --parallel`` and the demo's PARALLEL workers split
+the cores this way.
 """
 
 from __future__ import annotations

@@ -39,8 +39,11 @@ def test_bench_detect_runs_ours_and_stock():
 def test_bench_demo_reads_the_demos_stage_lines():
     from benchmarks import bench_demo
 
-    printed = "[demo 1/5] data: synthetic\n[demo 1/5] data finished in 14s\n[demo 2/5] backbones finished in 4m54s\n"
-    assert bench_demo.stage_times(printed) == {"data": "14s", "backbones": "4m54s"}
+    printed = ("[demo] data: synthetic data (elapsed 00:00, ETA 03:30)\n"
+               "[demo] data finished in 00:14 (elapsed 00:14, ETA 03:16)\n"
+               "[demo] demo_voc_R50_C4/moco finished in 00:31 (elapsed 03:01, ETA 00:20)\n"
+               "[demo] all stages done in 03:30\n")
+    assert bench_demo.stage_times(printed) == {"data": "00:14", "demo_voc_R50_C4/moco": "00:31"}
 
 
 def test_gpu_check_dry_run_writes_every_part(tmp_path):

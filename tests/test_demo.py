@@ -1,8 +1,9 @@
 """`mocobench demo` end to end at tiny scale, killed halfway and resumed.
 
-The real stages as subprocesses (synthetic data, MoCo pretraining | supervised init side by
-side, conversion, a detection table with three inits two jobs at a time, collation); only
-the sizes are tiny. The second run must skip every finished stage and detection job.
+The real commands as subprocesses (synthetic data, then a graph on two workers: MoCo
+pretraining, supervised init, their conversions, a detection run-all per init of a tiny
+table, collation); only the sizes are tiny. The second run must skip every finished task and
+detection job.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def tiny_demo_config(tmp: Path) -> Path:
     config = tmp / "demo.yaml"
     config.write_text(yaml.safe_dump({
         "DATA_SCALE": "tiny", "PRETRAIN_CONFIG": str(pretrain), "SUPERVISED_CONFIG": str(supervised),
-        "TABLES": [str(tmp / "table.yaml")], "NUM_THREADS": 2, "DETECT_PARALLEL": 2}))
+        "TABLES": [str(tmp / "table.yaml")], "NUM_THREADS": 2, "PARALLEL": 2}))
     return config
 
 
@@ -55,21 +56,29 @@ def test_demo_killed_during_detection_resumes_without_redoing_finished_work(tmp_
     first = demo(config, out)
     runs = out / "runs"
     deadline = time.time() + 300
-    while not list(runs.glob("*/[ms]*/*/metrics.json")):  # kill once a pretrained-init job has finished
+    while not list(runs.glob("*/moco/*/metrics.json")):  # kill once a pretrained-init job has finished
         assert first.poll() is None, first.stdout.read()
         assert time.time() < deadline, "no detection job finished within 5 minutes"
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    first_text = first.stdout.read()
+    # the backbones train side by side, on a worker each
+    assert first_text.index("[demo] supervised: ") < first_text.index("[demo] pretrain finished"), first_text
     finished = {p.parent for p in runs.glob("**/metrics.json")}
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("pretrain/checkpoint_*.pth.tar")}
+    supervised = {"supervised": out / "supervised" / "model_final.pth",
+                  "convert-supervised": out / "weights" / "supervised.pkl"}
+    # a moco job needs the pretraining and its conversion; the supervised branch may be done too
+    on_disk = {"pretrain", "convert-moco"} | {task for task, path in supervised.items() if path.is_file()}
 
     second = demo(config, out)
     text, _ = second.communicate(timeout=600)
     assert second.returncode == 0, text
     assert "already holds the complete data" in text  # the data stage only checks the folder
-    for stage in ("backbones", "convert"):
-        assert any(line.endswith("already done, skipped") for line in text.splitlines() if f"] {stage}: " in line)
+    skipped = {line.split(": ")[0].removeprefix("[demo] ") for line in text.splitlines()
+               if line.startswith("[demo] ") and line.endswith(" -- already done, skipped")}
+    assert skipped == on_disk, text  # every backbone and conversion finished before the kill
     for run_dir in finished:  # finished detection jobs are listed as done, not run again
         name = "/".join(run_dir.relative_to(runs).parts)
         assert any(line.startswith("done") and name in line for line in text.splitlines()), (name, text)
@@ -113,12 +122,17 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
         claim_output_dir(fresh, fingerprint(cfg))
 
 
-def test_eta_scales_by_measured_speed_but_not_by_resumed_stages():
+def test_eta_spreads_work_over_workers_and_scales_by_measured_speed_but_not_by_resumed_tasks():
     from mocobench.results.demo import Eta
+    from mocobench.results.schedule import Task
 
-    eta = Eta({"data": 10.0, "backbones": 100.0, "detect": 50.0})
-    assert eta.remaining(["data", "backbones", "detect"]) == 160.0
+    tasks = [Task("data", [], (), 10.0), Task("a", [], ("data",), 100.0), Task("b", [], ("data",), 50.0),
+             Task("c", [], ("data",), 50.0)]
+    eta = Eta(tasks, workers=2)
+    assert eta.remaining(["data", "a", "b", "c"]) == 110.0  # the chain data -> a beats 210 / 2 workers
     eta.record("data", 0.2)  # found on disk: no measure of speed
-    assert eta.remaining(["backbones", "detect"]) == 150.0
-    eta.record("backbones", 200.0)  # this machine runs at half the typical speed
-    assert eta.remaining(["detect"]) == 100.0
+    assert eta.remaining(["a", "b", "c"]) == 100.0
+    assert eta.remaining(["a", "b", "c"], running={"a": 60.0}) == 70.0  # (40 + 50 + 50) / 2 workers
+    eta.record("a", 200.0)  # this machine runs at half the expected speed
+    assert eta.remaining(["b", "c"]) == 100.0  # max(100 / 2, 50) x 2
+    assert eta.remaining(["b", "c"], running={"b": 60.0, "c": 60.0}) == 40.0  # 20 expected seconds left each
