@@ -102,7 +102,9 @@ class ImageDataset(Dataset):
         sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         state = random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            # the CPU generator alone: torch.manual_seed also queues a seeding of every lazy
+            # accelerator backend, formatting a stack trace each time (a third of a demo view's cost)
+            torch.default_generator.manual_seed(sample_seed)
             random.seed(sample_seed)
             try:
                 out = self.transform(image)
