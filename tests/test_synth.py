@@ -30,7 +30,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
-    write_synthetic(out, seed=3, scale="tiny")
+    write_synthetic(out, seed=3, scale="tiny", workers=1)  # the in-process path, the reference for the pool
     return out
 
 
@@ -104,6 +104,28 @@ def test_same_seed_gives_byte_identical_files(data, tmp_path, cli):
     other = tmp_path / "other"
     write_synthetic(other, seed=4, scale="tiny")
     assert (other / "unlabeled/000001.jpg").read_bytes() != first["unlabeled/000001.jpg"]
+
+
+def test_a_pool_of_workers_writes_the_same_bytes(data, tmp_path):
+    write_synthetic(tmp_path / "pooled", seed=3, scale="tiny", workers=2)
+    first, second = _files(data), _files(tmp_path / "pooled")
+    assert list(first) == list(second)
+    assert [k for k in first if first[k] != second[k]] == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_write_is_one_line_and_leaves_the_folder_incomplete(tmp_path, cli, workers):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"format": "mocobench-synth", "complete": False}))
+    (out / "VOC2012").write_text("in the way")  # VOC2012/JPEGImages cannot be made: fails mid-run
+    result = cli("data", "synth", "--out", out, "--seed", 0, "--scale", "tiny", "--quiet", "--workers", workers)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "VOC2012" in result.stderr and "incomplete" in result.stderr
+    assert json.loads((out / MARKER).read_text())["complete"] is False
+    assert not (out / "coco" / "annotations").exists()
+    with pytest.raises(UserError, match="--workers"):
+        write_synthetic(out, seed=0, scale="tiny", workers=0)
 
 
 def test_refuses_a_foreign_folder_and_leaves_it_unchanged(tmp_path, cli):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mocobench.transfer.datasets.synth import write_synthetic
+from mocobench.transfer.datasets.synth import IMAGES_PER_WORKER, write_synthetic
 from mocobench.transfer.datasets.synth_scales import load_synth_spec
 
 
@@ -39,11 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--scale", default="demo", choices=scales,
                        help="size of the data: 'tiny' for tests (about a second), 'demo' for the CPU "
                             "end-to-end demo (seconds to write); default: demo")
+    synth.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes drawing the images; the files are the same for any N (default: "
+                            f"one per core, os.cpu_count(), but at most one per {IMAGES_PER_WORKER} images, "
+                            "as fewer do not repay a process's start: 1 for 'tiny')")
     synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = write_synthetic(args.out, args.seed, args.scale, progress=not args.quiet)
+    manifest = write_synthetic(args.out, args.seed, args.scale, progress=not args.quiet, workers=args.workers)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"synthetic data (seed {args.seed}, scale {args.scale}) in {args.out}: {counts}", file=sys.stderr)
     return 0

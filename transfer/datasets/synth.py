@@ -7,22 +7,37 @@ image is drawn from its own numpy Generator seeded by (seed, part, index) and sa
 JPEG at a fixed quality, so the same seed gives byte-identical files on any run, and
 results computed on the data are reproducible.
 
+Speed: images are independent, so a pool of processes (one per core by default; none for
+data too small to repay starting it) draws and saves them in contiguous blocks, each with its
+per-image XML; what the dataset-wide files need (VOC labels, COCO sizes and objects) comes back
+to this process, which writes ImageSets, the COCO JSON and the marker, so the files are the same
+bytes whatever the number of workers.
+
 Safety: ``DIR/SYNTH.json`` marks a folder as ours. It is written first with
 ``"complete": false`` and rewritten (atomically) with ``"complete": true`` only when every
-file is in place, so a killed run is recognised and rewritten by the next one; a complete
-folder with the same seed and scale is left as it is; anything else is refused.
+file is in place, so a killed or failed run is recognised and rewritten by the next one; a
+complete folder with the same seed and scale is left as it is; anything else is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
+import os
 import shutil
+import signal
 import sys
+import threading
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -32,24 +47,32 @@ from mocobench.atomic import write_json
 from mocobench.progress import Progress
 from mocobench.transfer.datasets import synth_layouts
 from mocobench.transfer.datasets.scene import SceneObject, render_scene
-from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, SynthSpec, load_synth_spec
+from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, Splits, SynthSpec, load_synth_spec
 
 MARKER = "SYNTH.json"
 FORMAT = "mocobench-synth"
 GENERATOR_VERSION = 2  # bump when the same seed and scale would draw different images
 PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco")
 CLASS_LIST = "classes.txt"  # in VOC2007/ and VOC2012/: the dataset's class names, one a line
-PROGRESS_EVERY = 0.25       # report each part at quarters of its images
+PROGRESS_STEPS = 4          # report each part at quarters of its images
+VOC_ID_FORMATS = {"VOC2007": "{:06d}", "VOC2012": "2012_{:06d}"}  # the real datasets' image ids
+IMAGES_PER_WORKER = 500     # default: at most a worker per this many images; a pool's start (~0.4 s on 2 cores)
+                            # costs more than fewer save at ~1.5 ms an image
 
 
 def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
-                    spec: SynthSpec | None = None) -> dict:
-    """Write (or find already written) the synthetic data under ``out``; returns the manifest."""
+                    spec: SynthSpec | None = None, workers: int | None = None) -> dict:
+    """Write (or find already written) the synthetic data under ``out``; returns the manifest.
+    ``workers``: processes drawing the images (1: this one alone); None: one per core, fewer
+    for small data (``IMAGES_PER_WORKER``). The files are the same whatever the number. More
+    than one are spawned, so a script calling this needs the ``if __name__ == "__main__":`` guard."""
     spec = spec or load_synth_spec()
     if scale not in spec.scales:
         raise UserError(f"unknown scale '{scale}' (choose from {sorted(spec.scales)})")
     if seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be a positive integer, got {workers}")
     out = Path(out)
     manifest = {"format": FORMAT, "generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale,
                 "parameters_sha256": _digest(spec, scale)}
@@ -64,7 +87,14 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
     write_json(out / MARKER, {**manifest, "complete": False})
     chosen = spec.scales[scale]
     writer = _Writer(out, seed, spec, chosen, progress)
-    counts = writer.all_parts()
+    left = f"{MARKER} marks the folder incomplete, and a rerun rewrites it"
+    try:
+        counts = writer.all_parts(workers)
+    except OSError as e:  # a full disk, a file in the way: here or in a worker, one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        raise UserError(f"{out}: writing the synthetic data failed ({where}{e.strerror or e}); {left}") from None
+    except BrokenProcessPool as e:  # a worker killed (out of memory, a signal)
+        raise UserError(f"{out}: a worker process died while writing the synthetic data ({e}); {left}") from None
     manifest.update(complete=True, classes=[c.name for c in writer.classes], counts=counts)
     write_json(out / MARKER, manifest)
     return manifest
@@ -106,6 +136,17 @@ def _existing_manifest(out: Path, wanted: dict) -> dict | None:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """``total`` images, each drawn and saved by ``_Writer.<method>(key, index)``, which returns what
+    ``_Writer.<finish>(key, results)`` (if any) needs for the run's dataset-wide files."""
+    label: str           # progress label and counts key
+    method: str
+    key: str             # the folder or split
+    total: int
+    finish: str | None = None
+
+
 class _Writer:
     """Draws and writes the parts of one scale; each image from its own seeded Generator."""
 
@@ -113,14 +154,65 @@ class _Writer:
         self.out, self.seed, self.spec, self.scale, self.progress = out, seed, spec, scale, progress
         self.classes = spec.classes[: scale.classes]
         self.counts: dict[str, int] = {}
+        self.coco_annotations = 0  # COCO annotation ids run on across splits, as in the real files
 
-    def all_parts(self) -> dict[str, int]:
-        self.unlabeled()
-        self.classify()
-        self.voc("VOC2007", self.scale.voc2007.splits, self.scale.voc2007.scene, "{:06d}")
-        self.voc("VOC2012", self.scale.voc2012.splits, self.scale.voc2012.scene, "2012_{:06d}")
-        self.coco()
+    def runs(self) -> list[_Run]:
+        n = len(self.classes)
+        return [_Run("unlabeled", "unlabeled_image", "unlabeled", self.scale.unlabeled.count),
+                *(_Run(f"classify/{split}", "classify_image", split, per_class * n)
+                  for split, per_class in self.scale.classify.splits.items()),
+                *(_Run(folder, "voc_image", folder, sum(self.voc_part(folder).splits.values()), "voc_files")
+                  for folder in VOC_ID_FORMATS),
+                *(_Run(f"coco/{split}", "coco_image", split, count, "coco_files")
+                  for split, count in self.scale.coco.splits.items())]
+
+    def all_parts(self, workers: int | None) -> dict[str, int]:
+        runs = self.runs()
+        if workers is None:
+            images = sum(run.total for run in runs)
+            workers = max(1, min(os.cpu_count() or 1, images // IMAGES_PER_WORKER))
+        with self._blocks(runs, workers) as blocks:
+            for run in runs:
+                results = self._collect(run, blocks)
+                self.counts[run.label] = run.total
+                if run.finish:
+                    getattr(self, run.finish)(run.key, results)
         return self.counts
+
+    def block(self, method: str, key: str, start: int, stop: int) -> list[Any]:
+        """Draw and save images ``start:stop`` of one run; their per-image results."""
+        draw = getattr(self, method)
+        return [draw(key, i) for i in range(start, stop)]
+
+    @contextlib.contextmanager
+    def _blocks(self, runs: list[_Run], workers: int) -> Iterator[Iterator[list[Any]]]:
+        """Every run's images in contiguous blocks, in order: drawn here as they are read for
+        one worker, else all queued at once to a pool, so no core idles at a run's end."""
+        blocks = [(run.method, run.key, start, min(start + size, run.total)) for run in runs
+                  for size in [max(1, -(-run.total // (PROGRESS_STEPS * workers)))]
+                  for start in range(0, run.total, size)]
+        if workers == 1:
+            yield (self.block(*b) for b in blocks)
+            return
+        # spawn, not fork: a caller (pytest, a training script) may hold torch/OpenMP threads a fork would deadlock on
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(self,))
+        try:
+            futures = [pool.submit(_draw_block, *b) for b in blocks]
+            yield (f.result() for f in futures)
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    def _collect(self, run: _Run, blocks: Iterator[list[Any]]) -> list[Any]:
+        """The run's per-image results in index order, reporting progress on stderr at quarters."""
+        bar = Progress(f"synth {run.label}", run.total, enabled=self.progress)
+        results: list[Any] = []
+        while len(results) < run.total:
+            before = len(results)
+            results += next(blocks)
+            if len(results) * PROGRESS_STEPS // run.total > before * PROGRESS_STEPS // run.total:
+                bar.report(len(results))
+        return results
 
     def rng(self, stream: str, *index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(stream.encode()), *index])
@@ -133,35 +225,33 @@ class _Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path, format="JPEG", quality=self.spec.jpeg_quality)
 
-    def _steps(self, label: str, total: int) -> Iterator[int]:
-        """range(total), reporting progress on stderr at regular fractions."""
-        bar = Progress(f"synth {label}", total, enabled=self.progress)
-        every = max(1, int(total * PROGRESS_EVERY))
-        for i in range(total):
-            yield i
-            if (i + 1) % every == 0 or i + 1 == total:
-                bar.report(i + 1)
-        self.counts[label] = total
+    def voc_part(self, folder: str) -> Splits:
+        return self.scale.voc2007 if folder == "VOC2007" else self.scale.voc2012
 
-    def unlabeled(self) -> None:
-        part = self.scale.unlabeled
-        for i in self._steps("unlabeled", part.count):
-            self.save(self.out / "unlabeled" / f"{i + 1:06d}.jpg", self.scene("unlabeled", i, part.scene)[0])
+    def unlabeled_image(self, _: str, i: int) -> None:
+        image = self.scene("unlabeled", i, self.scale.unlabeled.scene)[0]
+        self.save(self.out / "unlabeled" / f"{i + 1:06d}.jpg", image)
 
-    def classify(self) -> None:
-        part = self.scale.classify
-        for split, per_class in part.splits.items():
-            n = len(self.classes)
-            for i in self._steps(f"classify/{split}", per_class * n):
-                c, k = i % n, i // n
-                name = self.classes[c].name
-                image = self.scene(f"classify/{split}", i, part.scene, class_index=c)[0]
-                self.save(self.out / "classify" / split / name / f"{name}_{k + 1:04d}.jpg", image)
+    def classify_image(self, split: str, i: int) -> None:
+        c, k = i % len(self.classes), i // len(self.classes)
+        name = self.classes[c].name
+        image = self.scene(f"classify/{split}", i, self.scale.classify.scene, class_index=c)[0]
+        self.save(self.out / "classify" / split / name / f"{name}_{k + 1:04d}.jpg", image)
 
-    def voc(self, folder: str, splits: dict[str, int], spec: SceneSpec, id_format: str) -> None:
-        root = self.out / folder
-        total = sum(splits.values())
-        order = self.rng(f"{folder}/splits").permutation(total)  # splits interleave, as in VOC
+    def voc_image(self, folder: str, j: int) -> list[tuple[int, bool]]:
+        """Writes the image and its XML; returns its objects' (class index, difficult) for ImageSets."""
+        root, spec = self.out / folder, self.voc_part(folder).scene
+        image_id = VOC_ID_FORMATS[folder].format(j + 1)
+        image, objects = self.scene(folder, j, spec)
+        self.save(root / "JPEGImages" / f"{image_id}.jpg", image)
+        height, width = image.shape[:2]
+        xml = synth_layouts.voc_xml(folder, f"{image_id}.jpg", width, height, objects, self.classes, spec)
+        _write_text(root / "Annotations" / f"{image_id}.xml", xml)
+        return [(o.class_index, synth_layouts.is_difficult(o, spec)) for o in objects]
+
+    def voc_files(self, folder: str, labels_in_order: list[list[tuple[int, bool]]]) -> None:
+        root, id_format, splits = self.out / folder, VOC_ID_FORMATS[folder], self.voc_part(folder).splits
+        order = self.rng(f"{folder}/splits").permutation(len(labels_in_order))  # splits interleave, as in VOC
         assigned: dict[str, list[str]] = {}
         start = 0
         for split, n in splits.items():
@@ -169,15 +259,7 @@ class _Writer:
             start += n
         if "train" in assigned and "val" in assigned:
             assigned["trainval"] = sorted(assigned["train"] + assigned["val"])
-        labels: dict[str, list[tuple[int, bool]]] = {}
-        for j in self._steps(folder, total):
-            image_id = id_format.format(j + 1)
-            image, objects = self.scene(folder, j, spec)
-            self.save(root / "JPEGImages" / f"{image_id}.jpg", image)
-            height, width = image.shape[:2]
-            xml = synth_layouts.voc_xml(folder, f"{image_id}.jpg", width, height, objects, self.classes, spec)
-            _write_text(root / "Annotations" / f"{image_id}.xml", xml)
-            labels[image_id] = [(o.class_index, synth_layouts.is_difficult(o, spec)) for o in objects]
+        labels = {id_format.format(j + 1): image_labels for j, image_labels in enumerate(labels_in_order)}
         names = [c.name for c in self.classes]
         self.counts.update({f"{folder}/{s}": len(ids) for s, ids in assigned.items()})
         self.counts[f"{folder}/objects"] = sum(map(len, labels.values()))
@@ -185,24 +267,50 @@ class _Writer:
             _write_text(root / "ImageSets" / "Main" / name, text)
         _write_text(root / CLASS_LIST, "".join(f"{n}\n" for n in names))
 
-    def coco(self) -> None:
-        part = self.scale.coco
-        image_id = ann_id = 0
-        for split, n in part.splits.items():
-            images, annotations = [], []
-            for j in self._steps(f"coco/{split}", n):
-                image_id += 1
-                image, objects = self.scene(f"coco/{split}", j, part.scene)
-                file_name = f"{image_id:012d}.jpg"
-                self.save(self.out / "coco" / split / file_name, image)
-                images.append({"id": image_id, "file_name": file_name, "height": image.shape[0],
-                               "width": image.shape[1], "license": 1})
-                for obj in objects:
-                    ann_id += 1
-                    annotations.append(synth_layouts.coco_annotation(ann_id, image_id, obj, self.classes))
-            self.counts[f"coco/{split}/objects"] = len(annotations)
-            text = synth_layouts.coco_json(images, annotations, self.classes, f"mocobench synthetic COCO {split}")
-            _write_text(self.out / "coco" / "annotations" / f"instances_{split}.json", text)
+    def coco_image(self, split: str, j: int) -> tuple[dict, list[SceneObject]]:
+        """Writes the image; returns its COCO image entry and objects (annotation ids are the parent's)."""
+        splits = list(self.scale.coco.splits)
+        image_id = 1 + j + sum(self.scale.coco.splits[s] for s in splits[: splits.index(split)])
+        image, objects = self.scene(f"coco/{split}", j, self.scale.coco.scene)
+        file_name = f"{image_id:012d}.jpg"
+        self.save(self.out / "coco" / split / file_name, image)
+        entry = {"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1],
+                 "license": 1}
+        return entry, objects
+
+    def coco_files(self, split: str, drawn: list[tuple[dict, list[SceneObject]]]) -> None:
+        images, annotations = [], []
+        for entry, objects in drawn:
+            images.append(entry)
+            for obj in objects:
+                self.coco_annotations += 1
+                annotations.append(synth_layouts.coco_annotation(self.coco_annotations, entry["id"], obj, self.classes))
+        self.counts[f"coco/{split}/objects"] = len(annotations)
+        text = synth_layouts.coco_json(images, annotations, self.classes, f"mocobench synthetic COCO {split}")
+        _write_text(self.out / "coco" / "annotations" / f"instances_{split}.json", text)
+
+
+_WORKER: _Writer | None = None  # a pool process's writer, set once by _start_worker
+
+
+def _start_worker(writer: _Writer) -> None:
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    # a parent killed outright (SIGTERM, SIGKILL) would leave its workers waiting on the task queue forever
+    threading.Thread(target=_exit_with, args=(multiprocessing.parent_process(),), daemon=True).start()
+    _WORKER = writer
+
+
+def _exit_with(parent: BaseProcess | None) -> None:
+    """End this worker as soon as ``parent`` has ended."""
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+
+def _draw_block(method: str, key: str, start: int, stop: int) -> list[Any]:
+    assert _WORKER is not None
+    return _WORKER.block(method, key, start, stop)
 
 
 def _write_text(path: Path, text: str) -> None:
