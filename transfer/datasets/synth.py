@@ -56,8 +56,8 @@ PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco")
 CLASS_LIST = "classes.txt"  # in VOC2007/ and VOC2012/: the dataset's class names, one a line
 PROGRESS_STEPS = 4          # report each part at quarters of its images
 VOC_ID_FORMATS = {"VOC2007": "{:06d}", "VOC2012": "2012_{:06d}"}  # the real datasets' image ids
-IMAGES_PER_WORKER = 500     # default: at most a worker per this many images; a pool's start (~0.4 s on 2 cores)
-                            # costs more than fewer save at ~1.5 ms an image
+IMAGES_PER_WORKER = 250     # default: at most a worker per this many images, as a pool's start (~0.25 s) outweighs
+                            # its gain below ~150-200 images (~2.6 ms each; 2-core EPYC, idle)
 
 
 def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
