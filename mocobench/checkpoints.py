@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from mocobench import UserError
 from mocobench.atomic import write_text
@@ -53,6 +52,8 @@ def read_checkpoint(path: str | Path) -> Any:
         raise UserError(f"{path}: no such file")
     try:
         if zipfile.is_zipfile(path) or path.suffix != ".pkl":
+            import torch  # here, not at the top: run-all and collate read .pkl inits without it (~1 s a process)
+
             # argparse.Namespace: training scripts often save their args beside the weights.
             with torch.serialization.safe_globals([argparse.Namespace]):
                 return torch.load(path, map_location="cpu", weights_only=True)
@@ -73,8 +74,8 @@ def check_finite(weights: Mapping[str, Any], path: str | Path) -> None:
     """A NaN or infinite weight (a diverged or damaged file) named here, not as a NaN loss
     at the first iteration of a run that then blames nothing."""
     for name, value in weights.items():
-        if isinstance(value, torch.Tensor):
-            bad = value.is_floating_point() and not bool(torch.isfinite(value).all())
+        if hasattr(value, "is_floating_point"):  # a torch tensor (torch is not imported here for .pkl weights)
+            bad = value.is_floating_point() and not bool(value.isfinite().all())
         else:
             array = np.asarray(value)
             bad = array.dtype.kind == "f" and not bool(np.isfinite(array).all())
