@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "detection" / "demo"
+
+HAVE_D2 = importlib.util.find_spec("detectron2") is not None
+skip_without_d2 = pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not importable (optional; README "
+                                     "'Engines' says how to install it): this check runs its engine")
+D2 = [pytest.mark.detectron2, skip_without_d2]  # the marks of a detectron2 test or parameter
+
+
+def needs_d2(test):
+    """Marked detectron2, and skipped saying why where it is not importable."""
+    return pytest.mark.detectron2(skip_without_d2(test))
+
 
 # tiny width (ResNet-50 layout), tiny images, a handful of iterations, 4 classes (tiny synth)
 TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",

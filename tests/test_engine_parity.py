@@ -4,23 +4,10 @@ run with ``pytest -m detectron2`` in an environment that has it."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-from engine_fixtures import DEMO, ROOT
-
-HAVE_D2 = importlib.util.find_spec("detectron2") is not None
-skip_without_d2 = pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not importable (optional; README "
-                                     "'Engines' says how to install it): the parity checks compare against it")
-D2 = [pytest.mark.detectron2, skip_without_d2]
-
-
-def needs_d2(test):
-    """Marked detectron2, and skipped saying why where it is not importable."""
-    return pytest.mark.detectron2(skip_without_d2(test))
-
+from engine_fixtures import D2, DEMO, HAVE_D2, ROOT, needs_d2
 
 PAPER = ROOT / "configs" / "detection"
 # small images and few proposals: every check runs in seconds on one CPU thread

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_fixtures import DEMO, TINY, write_tiny_config
+from engine_fixtures import D2, DEMO, TINY, write_tiny_config
 from mocobench.transfer.datasets.synth import write_synthetic
 
 
@@ -25,16 +25,18 @@ def transfer(cli, out: Path, data: Path, *extra: str, seed: str = "1", opts=()):
                "--seed", seed, *extra, *TINY, *opts)
 
 
-def test_resume_with_other_inputs_is_refused_naming_them(cli, tmp_path, data):
+@pytest.mark.parametrize("engine", ["torchvision", pytest.param("detectron2", marks=D2)])
+def test_resume_with_other_inputs_is_refused_naming_them(cli, tmp_path, data, engine):
     run = tmp_path / "run"
-    assert transfer(cli, run, data).returncode == 0
+    on = ("--engine", engine)
+    assert transfer(cli, run, data, *on).returncode == 0
     before = (run / "metrics.json").read_bytes()
-    lr = transfer(cli, run, data, "--resume", opts=("SOLVER.BASE_LR", "0.5"))
+    lr = transfer(cli, run, data, *on, "--resume", opts=("SOLVER.BASE_LR", "0.5"))
     assert lr.returncode == 2 and "SOLVER.BASE_LR" in lr.stderr and "Traceback" not in lr.stderr
-    seed = transfer(cli, run, data, "--resume", seed="2")
+    seed = transfer(cli, run, data, *on, "--resume", seed="2")
     assert seed.returncode == 2 and "seed: 1 -> 2" in seed.stderr
     assert (run / "metrics.json").read_bytes() == before
-    same = transfer(cli, run, data, "--resume", opts=("DATALOADER.NUM_WORKERS", "1"))
+    same = transfer(cli, run, data, *on, "--resume", opts=("DATALOADER.NUM_WORKERS", "1"))
     assert same.returncode == 0, same.stderr  # loader processes do not change the numbers
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from engine_fixtures import DEMO, TINY
+from engine_fixtures import DEMO, TINY, needs_d2
 from mocobench.transfer.datasets.synth import write_synthetic
 from pretrain_tiny import write_tiny_config
 
@@ -63,6 +63,20 @@ def test_second_transfer_is_refused_at_once_and_the_first_is_intact(tmp_path, da
     assert first.returncode == 0, err
     assert json.loads((run / "metrics.json").read_text())["meta"]["seed"] == 1
     assert all(json.loads(line)["iter"] < 150 for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+@needs_d2
+def test_the_detectron2_engine_is_refused_a_held_folder(cli, tmp_path, data):
+    run = tmp_path / "run"
+    holder = hold(run)
+    try:
+        done = cli("transfer", "--engine", "detectron2", "--config", DEMO / "demo_voc_C4.yaml", "--output-dir", run,
+                   "--data-root", data, *TINY)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2 and f"pid {holder.pid}" in done.stderr and "Traceback" not in done.stderr
+    assert not (run / "metrics.json").exists() and not (run / "config.yaml").exists()
 
 
 def test_a_killed_holder_never_blocks_and_its_temp_files_go(cli, tmp_path):
