@@ -2,14 +2,21 @@
 
 Each subcommand lives in the module of its stage, which provides ``add_arguments(parser)``
 and ``run(args) -> int``; this file only lists them. A ``UserError`` (bad file, bad config)
-is printed as one line naming the problem and exits with status 2.
+is printed as one line naming the problem and exits with status 2; any other exception is a
+bug, also told in one line (exit 70), its traceback kept in a log file the line names
+(and printed as well when MOCOBENCH_DEBUG is set).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 from mocobench import UserError, __version__, one_line
@@ -63,11 +70,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as e:
-        print(f"mocobench {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"mocobench {args.command}: error: {' '.join(one_line(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mocobench {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not the user's input: one line here, the traceback in a log
+        log = _keep_traceback(args)
+        if os.environ.get(DEBUG_VARIABLE):
+            traceback.print_exc()
+        print(f"mocobench {args.command}: internal error: {type(e).__name__}: {one_line(e)[:300]} "
+              f"(traceback in {log}; set {DEBUG_VARIABLE}=1 to print it)", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: not 1, which audit uses for "worse"
+DEBUG_VARIABLE = "MOCOBENCH_DEBUG"
+ERROR_LOG = "error.log"
+
+
+def _keep_traceback(args: argparse.Namespace) -> Path:
+    """Append the current traceback to the run folder's error.log when the run has a folder,
+    else to a file in the temporary folder; returns where it went."""
+    folder = getattr(args, "output_dir", None)
+    text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} mocobench {' '.join(sys.argv[1:])}\n{traceback.format_exc()}\n"
+    if folder and Path(folder).is_dir():
+        try:
+            with open(Path(folder) / ERROR_LOG, "a") as f:
+                f.write(text)
+            return Path(folder) / ERROR_LOG
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix=f"mocobench-{args.command}-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 if __name__ == "__main__":
