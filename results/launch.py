@@ -7,17 +7,21 @@ Every launcher runs all specs even when some fail and returns the exit code per 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from mocobench.threads import thread_env
 
 LOG_FILE = "run_all.log"
+SUBMITIT_LOGGER = "submitit"
+SACCT_BYPASS = "Bypassing sacct error"  # submitit's warning each time its sacct poll fails
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,36 @@ class DistributedTask:
         return rc
 
 
+class SacctBypassFilter(logging.Filter):
+    """Drops (and counts) submitit's per-poll sacct warning: on a SLURM without accounting
+    every poll fails, and submitit reads job states from its result files anyway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == SUBMITIT_LOGGER and SACCT_BYPASS in record.getMessage():
+            self.dropped += 1
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def quiet_sacct() -> Iterator[SacctBypassFilter]:
+    """submitit's logger without the sacct warning while inside; then one line if any was dropped."""
+    logger = logging.getLogger(SUBMITIT_LOGGER)
+    quiet = SacctBypassFilter()
+    logger.addFilter(quiet)
+    try:
+        yield quiet
+    finally:
+        logger.removeFilter(quiet)
+        if quiet.dropped:
+            print(f"run-all: sacct failed on {quiet.dropped} poll(s) (e.g. SLURM accounting is disabled); "
+                  "job states were read from submitit's result files", flush=True)
+
+
 def launch_submitit(specs: Sequence[LaunchSpec], params: ClusterParams, folder: Path,
                     cluster: str | None = None) -> dict[str, int]:
     """Submit every spec as one job (SLURM, or ``cluster="local"``), then wait for all."""
@@ -114,17 +148,18 @@ def launch_submitit(specs: Sequence[LaunchSpec], params: ClusterParams, folder: 
     if params.partition:
         executor.update_parameters(slurm_partition=params.partition)
     submitted = []
-    for spec in specs:
-        executor.update_parameters(name=spec.name.replace("/", "."))
-        job = executor.submit(DistributedTask(spec.argv, spec.run_dir / LOG_FILE))
-        print(f"{spec.name}: submitted job {job.job_id}", flush=True)
-        submitted.append((spec, job))
     codes = {}
-    for spec, job in submitted:
-        try:
-            job.results()
-            codes[spec.name] = 0
-        except Exception as e:  # a failed job must not stop waiting for the others
-            print(f"{spec.name}: job {job.job_id} failed: {str(e).strip().splitlines()[-1]}", flush=True)
-            codes[spec.name] = 1
+    with quiet_sacct():
+        for spec in specs:
+            executor.update_parameters(name=spec.name.replace("/", "."))
+            job = executor.submit(DistributedTask(spec.argv, spec.run_dir / LOG_FILE))
+            print(f"{spec.name}: submitted job {job.job_id}", flush=True)
+            submitted.append((spec, job))
+        for spec, job in submitted:
+            try:
+                job.results()
+                codes[spec.name] = 0
+            except Exception as e:  # a failed job must not stop waiting for the others
+                print(f"{spec.name}: job {job.job_id} failed: {str(e).strip().splitlines()[-1]}", flush=True)
+                codes[spec.name] = 1
     return codes

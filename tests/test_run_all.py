@@ -303,3 +303,62 @@ def test_trials_option_overrides_the_tables_trials(tmp_path):
     assert listed == {f"demo_voc_R50_C4/{i}/seed{k}" for i in ("random", "supervised", "moco") for k in (0, 1)}
     bad = run_all("--dry-run", "--tables", "demo_voc_R50_C4", "--trials", "0", "--inits", inits)
     assert bad.returncode != 0 and "TRIALS must be >= 1" in bad.stderr
+
+
+def test_sacct_warning_of_a_slurm_without_accounting_is_silenced(tmp_path, monkeypatch, capsys):
+    """submitit's real poll with a sacct that fails as one without accounting storage does:
+    its warning never reaches submitit's handlers, other warnings do, and one line says why."""
+    import logging
+    import logging.handlers
+
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    from mocobench.results.launch import quiet_sacct
+
+    sacct = tmp_path / "sacct"
+    sacct.write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    handler = logging.handlers.BufferingHandler(capacity=100)  # what reaches submitit's handlers
+    logger = logging.getLogger("submitit")
+    logger.addHandler(handler)
+    try:
+        watcher = SlurmInfoWatcher()
+        watcher.register_job("42")
+        with quiet_sacct() as quiet:
+            watcher.update()
+            watcher.update()
+            logger.warning("another submitit warning")
+        watcher.update()  # outside: submitit's own behaviour is back
+    finally:
+        logger.removeHandler(handler)
+    assert quiet.dropped == 2
+    seen = [record.getMessage() for record in handler.buffer]
+    assert seen[0] == "another submitit warning" and len(seen) == 2 and "Bypassing sacct error" in seen[1]
+    assert "run-all: sacct failed on 2 poll(s)" in capsys.readouterr().out
+
+
+def test_run_all_sh_without_mocobench_says_which_python_in_one_line(tmp_path):
+    """A python without the package (a bare venv), from the checkout root where the source
+    folder mocobench/ imports: one line naming that python and how to install, exit 2."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    done = subprocess.run(["bash", str(RUN_ALL), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(bare / "bin" / "python")}, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    version = "%d.%d" % sys.version_info[:2]
+    assert done.stderr.startswith(f"run_all.sh: {bare / 'bin' / 'python'} (Python {version}) cannot import mocobench")
+    assert ".venv/bin/pip install -e ." in done.stderr
+
+
+def test_run_all_sh_prefers_the_checkouts_venv(tmp_path):
+    """PYTHON unset: the checkout's .venv/bin/python is the one run (here a bare one, so it says so)."""
+    (tmp_path / "benchmarks").mkdir()
+    script = tmp_path / "benchmarks" / "run_all.sh"
+    script.write_text(RUN_ALL.read_text())
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"run_all.sh: {tmp_path / '.venv' / 'bin' / 'python'} (Python ")
