@@ -89,15 +89,15 @@ def detectron2_step(cfg_overrides: tuple[str, ...], images: list, targets: list,
     """detectron2's own model for the same config file, or None when it is not installed."""
     if importlib.util.find_spec("detectron2") is None:
         return None
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model as d2_build_model
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    cfg = get_cfg()
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(list(cfg_overrides) + ["MODEL.DEVICE", device.type])
-    model = d2_build_model(cfg).train()
+    # the suite's detectron2 side: its config keys and registered parts (Res5ROIHeadsExtraNorm, reduced DC5)
+    from mocobench.transfer.engines.detectron2.config import load_d2_config
+    from mocobench.transfer.engines.detectron2.trainer import Trainer
+
+    cfg = load_d2_config(str(config), list(cfg_overrides) + ["MODEL.DEVICE", device.type])
+    model = Trainer.build_model(cfg).train()
     inputs = [{"image": im, "instances": Instances(tuple(im.shape[-2:]), gt_boxes=Boxes(t["boxes"]),
                                                    gt_classes=t["labels"] - 1, gt_masks=BitMasks(t["masks"].bool()))}
               for im, t in zip(images, targets)]

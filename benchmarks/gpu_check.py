@@ -26,7 +26,8 @@ finished. Every figure comes from the benchmarks' own measuring functions:
 
 --dry-run runs the same code on the CPU at tiny sizes (tiny widths, 32-64 pixel images, 1-2
 iterations, float32, two gloo processes under torchrun) in well under a minute; the test suite
-runs it so the script keeps working where no GPU is at hand.
+runs it so the script keeps working where no GPU is at hand. The dry run exits 1 when any part
+failed; the GPU run exits 0 with failures recorded in the JSON.
 
 Run on a GPU machine from the checkout root (bash benchmarks/gpu_check.sh wraps this):
     python -m benchmarks.gpu_check --out gpu_check.json
@@ -430,9 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         # tiny operations gain nothing from threads, and on a loaded machine their spinning costs 100x
         torch.set_num_threads(1)
     report = run(args.out, args.dry_run, args.budget_s, workers, args.parts)
-    print(f"gpu_check: {args.out} written in {report['seconds']:.0f} s; "
-          f"{sum(not v['ok'] for v in report['parts'].values())} part(s) failed", flush=True)
-    return 0
+    failed = sum(not v["ok"] for v in report["parts"].values())
+    print(f"gpu_check: {args.out} written in {report['seconds']:.0f} s; {failed} part(s) failed", flush=True)
+    # the dry run is the suite's check that this script works, so a failed part must fail it
+    return 1 if args.dry_run and failed else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import math
 import torch
 
 from benchmarks import bench_data, bench_detect, bench_eval, bench_pretrain
+from engine_fixtures import needs_d2
 from mocobench.transfer.datasets.synth import write_synthetic
 
 SMALL_MOCO = ("MODEL.STEM_OUT_CHANNELS", "8", "MODEL.RES2_OUT_CHANNELS", "16", "MODEL.WIDTH_PER_GROUP", "4",
@@ -79,3 +80,36 @@ def test_gpu_check_dry_run_writes_every_part(tmp_path):
     assert set(e2e["metrics"]) == {"transfer_voc", "transfer_coco"}
     assert all(m["meta"]["world_size"] == 2 and "bbox" in m for m in e2e["metrics"].values())
     assert "segm" in e2e["metrics"]["transfer_coco"]
+
+
+def gpu_check_dry_run(tmp_path, *args: str):
+    """``bash benchmarks/gpu_check.sh OUT.json --dry-run ARGS`` in a fresh process; (its result, the JSON)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "gpu_check.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run", *args],
+                          cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+                          timeout=300)
+    return done, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_gpu_check_dry_run_exits_nonzero_when_a_part_fails(tmp_path):
+    """A part left no time by the budget fails; the dry run says so and exits 1."""
+    done, report = gpu_check_dry_run(tmp_path, "--parts", "pretrain_step", "--budget-s", "0")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not report["parts"]["pretrain_step"]["ok"] and "1 part(s) failed" in done.stdout
+
+
+@needs_d2
+def test_gpu_check_builds_detectron2_with_the_suites_registrations(tmp_path):
+    """The C4 config's Res5ROIHeadsExtraNorm is registered before detectron2's model is built
+    (a fresh process: nothing imported the registrations beforehand)."""
+    done, report = gpu_check_dry_run(tmp_path, "--parts", "detection_step")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for config in ("VOC_R50_C4", "COCO_R50_FPN_mask"):
+        assert report["parts"]["detection_step"][config]["seconds_per_iter"]["d2"] > 0
