@@ -68,7 +68,10 @@ def stale_temp_files(folder: str | os.PathLike) -> list[Path]:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path = check_file_target(path)
     ensure_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as e:  # a read-only or foreign folder: nothing was written, say so in one line
+        raise UserError(f"{path}: cannot be written ({e.strerror or e}); any previous version is kept") from None
     try:
         os.chmod(tmp, _file_mode())
         with os.fdopen(fd, mode) as f:

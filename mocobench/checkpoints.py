@@ -70,17 +70,25 @@ def _reason(error: Exception) -> str:
     return " ".join(" ".join(paragraphs).split())[:200] or type(error).__name__
 
 
-def check_finite(weights: Mapping[str, Any], path: str | Path) -> None:
-    """A NaN or infinite weight (a diverged or damaged file) named here, not as a NaN loss
-    at the first iteration of a run that then blames nothing."""
+_FLOAT_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+
+
+def check_weights(weights: Mapping[str, Any], path: str | Path) -> None:
+    """A damaged weight named here, not as a NaN loss (or a silent cast) at the first iteration
+    of a run that then blames nothing: parameters and BN statistics must be floating point and
+    finite, and a BN running variance cannot be negative."""
     for name, value in weights.items():
         if hasattr(value, "is_floating_point"):  # a torch tensor (torch is not imported here for .pkl weights)
-            bad = value.is_floating_point() and not bool(value.isfinite().all())
-        else:
-            array = np.asarray(value)
-            bad = array.dtype.kind == "f" and not bool(np.isfinite(array).all())
-        if bad:
+            value = value.detach().cpu().float().numpy() if value.is_floating_point() else value.numpy()
+        array = np.asarray(value)
+        if array.dtype.kind != "f":
+            if str(name).endswith(_FLOAT_SUFFIXES):
+                raise UserError(f"{path}: {name} is of type {array.dtype}, not floating point (a damaged checkpoint)")
+            continue
+        if not bool(np.isfinite(array).all()):
             raise UserError(f"{path}: {name} holds NaN or infinite values (a diverged or damaged checkpoint)")
+        if str(name).endswith("running_var") and bool((array < 0).any()):
+            raise UserError(f"{path}: {name} holds a negative BN running variance (a damaged checkpoint)")
 
 
 def weights_dict(obj: Mapping) -> Mapping:

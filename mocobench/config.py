@@ -8,9 +8,10 @@ before it is merged, so the error names the key *and the file it is in*.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import yaml
 from fvcore.common.config import CfgNode
@@ -159,3 +160,64 @@ def _norm(v: Any) -> Any:
 def _one_line(e: BaseException) -> str:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     return " ".join(str(msg).split())
+
+
+class Rule(NamedTuple):
+    """A value a key may take: ``allowed`` says it in words for the error message."""
+    test: Callable[[Any], bool]
+    allowed: str
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: _number(v) and v >= low, f">= {low:g}")
+
+
+def between(low: float, high: float, high_open: bool = False) -> Rule:
+    """``low <= v <= high`` (``< high`` when ``high_open``)."""
+    return Rule(lambda v: _number(v) and low <= v and (v < high if high_open else v <= high),
+                f"in [{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+POSITIVE = Rule(lambda v: _number(v) and v > 0, "> 0")
+NON_NEGATIVE = at_least(0)
+PROBABILITY = between(0, 1)
+
+
+def each(rule: Rule, length: int | None = None) -> Rule:
+    """A non-empty list (of ``length`` items, if given) whose every item passes ``rule``."""
+    def test(v: Any) -> bool:
+        return (isinstance(v, (list, tuple)) and len(v) > 0 and (length is None or len(v) == length)
+                and all(rule.test(x) for x in v))
+    size = f"{length} " if length else "one or more "
+    return Rule(test, f"{size}values, each {rule.allowed}")
+
+
+def increasing(rule: Rule) -> Rule:
+    """A list (possibly empty) of values passing ``rule``, strictly increasing."""
+    def test(v: Any) -> bool:
+        return (isinstance(v, (list, tuple)) and all(rule.test(x) for x in v)
+                and all(a < b for a, b in zip(v, v[1:])))
+    return Rule(test, f"strictly increasing values, each {rule.allowed}")
+
+
+def config_value(cfg: CfgNode, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_rules(cfg: CfgNode, rules: dict[str, Rule], source: str | os.PathLike) -> None:
+    """ConfigError naming the first key whose value breaks its rule, the value, and what is allowed."""
+    for key, rule in rules.items():
+        value = config_value(cfg, key)
+        if not rule.test(value):
+            raise ConfigError(f"{source}: {key} {_shown(value)} is not allowed: must be {rule.allowed}")
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)

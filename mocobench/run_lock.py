@@ -35,6 +35,25 @@ from mocobench.conventions import LAST_CHECKPOINT
 
 LOCK_FILE = ".lock"
 RUN_ALL_LOCK_FILE = ".run-all.lock"
+# what makes a folder hold a run worth keeping: something to resume, or a result
+RUN_RECORDS = (LAST_CHECKPOINT, "metrics.json")
+
+
+def run_records(folder: Path) -> list[str]:
+    """The records of a run that ``folder`` holds (none: nothing a fresh run would destroy)."""
+    return [name for name in RUN_RECORDS if (folder / name).exists()]
+
+
+def move_aside(folder: Path, why: str) -> Path:
+    """``folder`` renamed to ``<name>.<why>-<time>`` beside it, out of collate's and resume's way."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = folder.with_name(f"{folder.name}.{why}-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.{why}-{stamp}-{n}")
+    folder.rename(aside)
+    return aside
 
 
 def _holder(fd: int) -> str:
@@ -65,14 +84,29 @@ def _is_lock_owner() -> bool:
 
 
 @contextlib.contextmanager
-def run_folder(folder: str | os.PathLike, command: str, discard_new_on_failure: bool = True) -> Iterator[Path]:
-    """Create ``folder`` if needed and hold its lock while the body runs (rank 0 only)."""
+def run_folder(folder: str | os.PathLike, command: str, discard_new_on_failure: bool = True,
+               fresh: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """Create ``folder`` if needed and hold its lock while the body runs (rank 0 only).
+
+    ``fresh`` (a run that does not resume): a folder holding a run is refused, so a finished
+    result or a resumable checkpoint is never replaced by accident; with ``overwrite`` the
+    old run is moved aside (``<name>.replaced-<time>``) and the new one starts in its place.
+    """
     folder = Path(folder)
     if not _is_lock_owner():
         yield folder
         return
     created = ensure_folder(folder)
     fd = acquire(folder, command)
+    records = run_records(folder) if fresh else []
+    if records:
+        os.close(fd)
+        if not overwrite:
+            raise UserError(f"{folder}: holds a run ({', '.join(records)}); pass --resume to continue it, "
+                            "or --overwrite to move it aside and start afresh")
+        print(f"{folder}: the run it held is moved to {move_aside(folder, 'replaced')}", flush=True)
+        created = ensure_folder(folder)
+        fd = acquire(folder, command)
     try:
         for stale in stale_temp_files(folder):
             stale.unlink(missing_ok=True)

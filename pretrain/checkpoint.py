@@ -23,7 +23,7 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench.atomic import torch_save
 from mocobench.digests import file_digest, key_changes, read_digests, text_digest, write_digests
-from mocobench.checkpoints import check_finite, point_to, read_checkpoint, trunk_weights
+from mocobench.checkpoints import check_weights, point_to, read_checkpoint, trunk_weights
 from mocobench.resnet import ResNetShape, infer_shape, tv_to_d2
 
 
@@ -54,6 +54,25 @@ def save(out_dir: Path, name: str, state: dict[str, Any]) -> Path:
     return path
 
 
+def read_resume_state(path: Path) -> dict[str, Any]:
+    """A run's own checkpoint to resume from: a damaged or diverged one is named, tensor and all,
+    instead of failing as a NaN loss (or a KeyError) after the resume."""
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise UserError(f"{path}: not a checkpoint of this kind of run (no state_dict); "
+                        "give another --output-dir, or --overwrite")
+    check_weights(state["state_dict"], path)
+    return state
+
+
+def refuse_divergence(loss: torch.Tensor, iteration: int, out_dir: Path) -> None:
+    """Stop at the first non-finite loss, before a NaN checkpoint is written over a good one."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise UserError(f"{out_dir}: training diverged at iteration {iteration} (loss {loss.item()}); "
+                        "no checkpoint was written from it: lower SOLVER.BASE_LR or check the data, "
+                        "then --resume from the last good checkpoint")
+
+
 def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Torchvision-named trunk weights (no fc) from a MoCo checkpoint (ours or the
     authors'), a torchvision state dict (e.g. `mocobench supervised` output) or one
@@ -67,7 +86,7 @@ def backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "conv1.weight" not in trunk:
         raise UserError(f"{path}: no ResNet trunk found (no 'conv1.weight' key)")
-    check_finite(trunk, path)
+    check_weights(trunk, path)
     return trunk
 
 

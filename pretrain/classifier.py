@@ -20,7 +20,7 @@ from torch.utils.data import SequentialSampler
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import write_json, write_text
-from mocobench.checkpoints import last_checkpoint, read_checkpoint
+from mocobench.checkpoints import last_checkpoint
 from mocobench.progress import JsonlLog, Progress
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.augment import classify_train_transform, eval_transform
@@ -72,8 +72,11 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     epoch = iteration = best_epoch = 0
     best = float("nan")
     last = last_checkpoint(out_dir) if resume else None
+    if main:  # before the checkpoint is read: a resume onto other inputs is named, not a shape mismatch
+        inputs = checkpoint.run_inputs(cfg, train_samples + val_samples, weights)
+        checkpoint.claim_inputs(out_dir, inputs, resuming=last is not None)
     if last is not None:
-        state = read_checkpoint(last)
+        state = checkpoint.read_resume_state(last)
         net.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, iteration = state["epoch"], state["iteration"]
@@ -82,8 +85,6 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     model = (DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
              if world > 1 else net)
     if main:
-        inputs = checkpoint.run_inputs(cfg, train_samples + val_samples, weights)
-        checkpoint.claim_inputs(out_dir, inputs, resuming=last is not None)
         write_text(out_dir / "config.yaml", cfg.dump())
     log = JsonlLog(out_dir / "metrics.jsonl", enabled=main)
     log.truncate_after("iter", iteration)
@@ -91,6 +92,7 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
     progress = Progress(label, total, start=iteration, enabled=main)
     net.train(not frozen_trunk)
     acc = float("nan")
+    loss = torch.zeros(())  # the latest loss, checked before each save
     while epoch < cfg.SOLVER.EPOCHS:
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
@@ -107,6 +109,7 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
                 optimizer.step()
                 iteration += 1
                 if iteration % cfg.TRAIN.LOG_PERIOD == 0:
+                    checkpoint.refuse_divergence(loss, iteration, out_dir)
                     now = time.perf_counter()
                     values = dict(epoch=epoch, loss=loss.item(), lr=lr,
                                   images_per_s=cfg.SOLVER.BATCH_SIZE * cfg.TRAIN.LOG_PERIOD / max(now - tick, 1e-9))
@@ -119,6 +122,7 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
             best, best_epoch = acc, epoch
         net.train(not frozen_trunk)
         log.write(iter=iteration, epoch=epoch, val_top1=acc)
+        checkpoint.refuse_divergence(loss, iteration, out_dir)  # a NaN loss means NaN weights: keep the last good file
         if main:
             checkpoint.save(out_dir, "checkpoint_last.pth.tar", {
                 "epoch": epoch, "iteration": iteration, "state_dict": net.state_dict(),

@@ -36,6 +36,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in the output directory "
                              "(named by its last_checkpoint file); starts fresh if there is none")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the output directory holds a run and this is not a resume: move that run aside "
+                             "(to <dir>.replaced-<time>) and start afresh; without it such a folder is refused")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. SOLVER.EPOCHS 10")
 
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, out_dir = config_from_args(args)
     validate_mechanism(cfg, args.config)
     try:
-        with run_folder(out_dir, "pretrain"):
+        with run_folder(out_dir, "pretrain", fresh=not args.resume, overwrite=args.overwrite):
             final = pretrain(cfg, out_dir, args.resume)
         if mdist.is_main():
             print(final)

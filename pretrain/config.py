@@ -15,7 +15,8 @@ from typing import Sequence
 from fvcore.common.config import CfgNode
 
 from mocobench import UserError
-from mocobench.config import load_config, load_defaults
+from mocobench.config import (NON_NEGATIVE, POSITIVE, PROBABILITY, Rule, at_least, between, check_rules, each,
+                              increasing, load_config, load_defaults)
 from mocobench.resnet import ResNetShape
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
@@ -32,15 +33,34 @@ def load_pretrain_config(path: str | os.PathLike | None, overrides: Sequence[str
     return cfg
 
 
+COUNT = at_least(1)
+# ranges of every key that has one: a value outside trains nothing meaningful (T 0 divides by
+# zero, a negative lr ascends) and must stop before any work, naming the key
+RULES: dict[str, Rule] = {
+    "SOLVER.SCHEDULE": Rule(lambda v: v in ("step", "cosine"), "'step' or 'cosine'"),
+    "TRAIN.DEVICE": Rule(lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "SOLVER.BATCH_SIZE": COUNT, "SOLVER.EPOCHS": COUNT, "SOLVER.BASE_LR": POSITIVE,
+    "SOLVER.REFERENCE_BATCH_SIZE": COUNT, "SOLVER.MOMENTUM": between(0, 1, high_open=True),
+    "SOLVER.WEIGHT_DECAY": NON_NEGATIVE, "SOLVER.STEPS": increasing(COUNT), "SOLVER.GAMMA": POSITIVE,
+    "MOCO.K": COUNT, "MOCO.DIM": COUNT, "MOCO.T": POSITIVE, "MOCO.M": PROBABILITY,
+    "MOCO.BANK_MOMENTUM": between(0, 1, high_open=True), "MOCO.SPLIT_BN_GROUPS": COUNT,
+    "MODEL.RESIDUAL_BN_GAMMA": NON_NEGATIVE,
+    "AUG.CROP_SCALE": Rule(lambda v: each(between(0, 1), 2).test(v) and 0 < v[0] <= v[1],
+                           "2 values 0 < min <= max <= 1"),
+    "AUG.COLOR_JITTER": Rule(lambda v: each(NON_NEGATIVE, 4).test(v) and v[3] <= 0.5,
+                             "4 values >= 0 (brightness, contrast, saturation, hue <= 0.5)"),
+    "AUG.COLOR_JITTER_P": PROBABILITY, "AUG.GRAYSCALE_P": PROBABILITY, "AUG.BLUR_P": PROBABILITY,
+    "AUG.FLIP_P": PROBABILITY,
+    "AUG.BLUR_SIGMA": Rule(lambda v: each(POSITIVE, 2).test(v) and v[0] <= v[1], "2 values 0 < min <= max"),
+    "INPUT.CROP_SIZE": COUNT, "INPUT.RESIZE_SIZE": COUNT, "INPUT.PIXEL_MEAN": each(PROBABILITY, 3),
+    "INPUT.PIXEL_STD": each(POSITIVE, 3), "DATA.NUM_WORKERS": NON_NEGATIVE,
+    "TRAIN.LOG_PERIOD": COUNT, "CHECKPOINT.PERIOD_EPOCHS": COUNT, "CHECKPOINT.PERIOD_ITERS": NON_NEGATIVE,
+    "KNN.PERIOD_EPOCHS": NON_NEGATIVE, "KNN.K": each(COUNT), "KNN.T": POSITIVE,
+}
+
+
 def _validate(cfg: CfgNode, source: str) -> None:
-    if cfg.SOLVER.SCHEDULE not in ("step", "cosine"):
-        raise UserError(f"{source}: SOLVER.SCHEDULE must be 'step' or 'cosine', got {cfg.SOLVER.SCHEDULE!r}")
-    if cfg.TRAIN.DEVICE not in ("auto", "cpu", "cuda"):
-        raise UserError(f"{source}: TRAIN.DEVICE must be auto, cpu or cuda, got {cfg.TRAIN.DEVICE!r}")
-    for key in ("SOLVER.BATCH_SIZE", "SOLVER.EPOCHS", "MOCO.K", "MOCO.SPLIT_BN_GROUPS", "INPUT.CROP_SIZE"):
-        section, name = key.split(".")
-        if int(cfg[section][name]) < 1:
-            raise UserError(f"{source}: {key} must be a positive integer, got {cfg[section][name]}")
+    check_rules(cfg, RULES, source)
     try:
         resnet_shape(cfg).validate()
     except ValueError as e:

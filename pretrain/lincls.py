@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     torch.nn.init.zeros_(net.fc.bias)
     try:
         device = mdist.init_from_env(cfg.TRAIN.DEVICE)
-        with run_folder(out_dir, "lincls"):
+        with run_folder(out_dir, "lincls", fresh=not args.resume, overwrite=args.overwrite):
             result = train_classifier(cfg, net.to(device), net.fc.parameters(), out_dir, args.resume,
                                       frozen_trunk=True, label="lincls", device=device, report="best",
                                       weights=args.weights)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if mdist.world_size() > 1 and device.type == "cuda":
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = net.to(device)
-        with run_folder(out_dir, "supervised"):
+        with run_folder(out_dir, "supervised", fresh=not args.resume, overwrite=args.overwrite):
             result = train_classifier(cfg, net, net.parameters(), out_dir, args.resume,
                                       frozen_trunk=False, label="supervised", device=device)
             path = out_dir / "model_final.pth"

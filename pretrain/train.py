@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mocobench import UserError, __version__
 from mocobench import dist as mdist
 from mocobench.atomic import write_text
-from mocobench.checkpoints import last_checkpoint, read_checkpoint
+from mocobench.checkpoints import last_checkpoint
 from mocobench.progress import JsonlLog, Progress
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.augment import moco_transform
@@ -105,8 +105,10 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
 
     epoch, position, iteration = 0, 0, 0
     last = last_checkpoint(out_dir) if resume else None
+    if main:  # before the checkpoint is read: a resume onto other inputs is named, not a shape mismatch
+        checkpoint.claim_inputs(out_dir, checkpoint.run_inputs(cfg, samples), resuming=last is not None)
     if last is not None:
-        state = read_checkpoint(last)
+        state = checkpoint.read_resume_state(last)
         moco.load_state_dict({k.removeprefix("module."): v for k, v in state["state_dict"].items()})
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -117,13 +119,13 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
     model = (DistributedDataParallel(moco, device_ids=[device.index] if on_gpu else None, broadcast_buffers=False)
              if world > 1 else moco)
     if main:
-        checkpoint.claim_inputs(out_dir, checkpoint.run_inputs(cfg, samples), resuming=last is not None)
         write_text(out_dir / "config.yaml", cfg.dump())
     log = JsonlLog(out_dir / "metrics.jsonl", enabled=main)
     log.truncate_after("iter", iteration)
     progress = Progress("pretrain", total, start=iteration, enabled=main)
 
     def save(name: str, ep: int, pos: int) -> Path:
+        checkpoint.refuse_divergence(loss, iteration, out_dir)  # a NaN loss means NaN weights: keep the last good file
         path = out_dir / name
         if main:
             path = checkpoint.save(out_dir, name, _state(cfg, moco, optimizer, scaler, ep, pos, iteration))
@@ -131,6 +133,7 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
         return path
 
     final = out_dir / f"checkpoint_{cfg.SOLVER.EPOCHS:04d}.pth.tar"
+    loss = torch.zeros(())  # the latest loss, checked before each save
     moco.train()
     while epoch < cfg.SOLVER.EPOCHS:
         lr = learning_rate(cfg, epoch)
@@ -148,6 +151,7 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
                 loss, logits, labels = train_step(model, optimizer, scaler, im_q, im_k, amp, index.to(device))
                 iteration, position = iteration + 1, position + 1
                 if iteration % cfg.TRAIN.LOG_PERIOD == 0 or iteration == total:
+                    checkpoint.refuse_divergence(loss, iteration, out_dir)
                     now = time.perf_counter()
                     speed = cfg.SOLVER.BATCH_SIZE * cfg.TRAIN.LOG_PERIOD / max(now - tick, 1e-9)
                     values = dict(epoch=epoch, loss=loss.item(), acc1=100 * instance_accuracy(logits, labels),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_json
-from mocobench.run_lock import run_folders
+from mocobench.run_lock import move_aside, run_folders
 from mocobench.results.plan import (DONE, NEW, STALE, PlannedRun, changed_inputs, expand, reference_world_size,
                                     scaling_overrides)
 from mocobench.transfer.config import load_detection_config
@@ -118,13 +118,6 @@ def plan(job: PlannedRun, world: int, engine: str) -> str:
     return STALE if job.stale else state
 
 
-def move_aside(run_dir: Path) -> Path:
-    """The stale folder under a new name (seed<k>.stale-<time>), out of collate's and resume's way."""
-    aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.rename(aside)
-    return aside
-
-
 def run(args: argparse.Namespace) -> int:
     tables = resolve_tables(args.tables, trials=args.trials)
     inits = load_inits(args.inits)
@@ -143,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         for job, spec in specs:
             if job.stale and job.run_dir.exists():
                 print(f"{job.name}: inputs changed ({', '.join(job.stale)}); old run moved to "
-                      f"{move_aside(job.run_dir)}")
+                      f"{move_aside(job.run_dir, 'stale')}")
                 locks.take(job.run_dir)  # the lock file moved aside with the old run
             write_json(job.run_dir / "job.json", job_record(job, spec, args, world))
         codes = launch(args, [s for _, s in specs], output, world)

@@ -13,11 +13,11 @@ def write(path, text):
 def test_base_chain_and_overrides(tmp_path):
     write(tmp_path / "base.yaml", "MODEL:\n  RESNETS:\n    NORM: naiveSyncBN\nSOLVER:\n  BASE_LR: 0.02\n")
     child = write(tmp_path / "child.yaml",
-                  "_BASE_: base.yaml\nINPUT:\n  MIN_SIZE_TRAIN: (480, 512)\nSOLVER:\n  MAX_ITER: 24000\n")
+                  "_BASE_: base.yaml\nINPUT:\n  MIN_SIZE_TRAIN: (480, 512)\nSOLVER:\n  MAX_ITER: 48000\n")
     cfg = load_detection_config(child, ["SOLVER.BASE_LR", "0.01", "MODEL.WEIGHTS", "w.pkl"])
     assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
     assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (480, 512)
-    assert cfg.SOLVER.MAX_ITER == 24000 and cfg.SOLVER.BASE_LR == 0.01
+    assert cfg.SOLVER.MAX_ITER == 48000 and cfg.SOLVER.BASE_LR == 0.01
     assert cfg.MODEL.WEIGHTS == "w.pkl"
     diff = differing_keys(cfg, detection_defaults())
     assert set(diff) == {"MODEL.RESNETS.NORM", "SOLVER.BASE_LR", "INPUT.MIN_SIZE_TRAIN",

@@ -81,7 +81,7 @@ def test_scaling_follows_reference_world_size(tmp_path):
 
 def write_table(tmp_path: Path, trials: int) -> Path:
     det = tmp_path / "det.yaml"
-    det.write_text("INPUT: {FORMAT: RGB}\nSOLVER: {IMS_PER_BATCH: 16, BASE_LR: 0.02, MAX_ITER: 800}\n")
+    det.write_text("INPUT: {FORMAT: RGB}\nSOLVER: {IMS_PER_BATCH: 16, BASE_LR: 0.02, MAX_ITER: 800, STEPS: [600]}\n")
     table = tmp_path / "tiny.yaml"
     table.write_text(f"CONFIG: {{RGB: det.yaml}}\nTRIALS: {trials}\nMETRICS: [bbox/AP50]\n"
                      "REFERENCE_WORLD_SIZE: 8\n")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench import dist as mdist
-from mocobench.conventions import LAST_CHECKPOINT
 from mocobench.digests import write_digests
 from mocobench.run_lock import run_folder
 from mocobench.transfer.config import detection_defaults, load_detection_config
@@ -35,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="overrides SEED; -1 draws one and records it in config.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the run dir's last checkpoint (start fresh if it has none)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the run dir holds a run and this is not a resume: move that run aside "
+                             "(to <dir>.replaced-<time>) and start afresh; without it such a folder is refused")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate without training: the run dir's last checkpoint with --resume, else the "
                         "weights (an init .pkl gives the before-training numbers)")
@@ -63,8 +65,6 @@ def record_digests(args: argparse.Namespace, cfg, out_dir: Path) -> None:
     """digests.json of this run; a resume whose inputs changed is refused (rank 0 only)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if not args.eval_only and not args.resume and (out_dir / LAST_CHECKPOINT).exists():
-        raise UserError(f"{out_dir}: holds checkpoints of a run; pass --resume to continue it")
     current = job_digests(cfg, args.engine)
     if args.resume:
         refuse_changed_resume(out_dir, cfg, current)
@@ -77,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
         return run_parity_check(args)
     cfg = load_job_config(args)
+    if not args.eval_only and cfg.SOLVER.MAX_ITER < 1:
+        raise UserError(f"{args.config}: SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} trains nothing: give >= 1 "
+                        "(or --eval-only to evaluate the weights as they are)")
     out_dir = Path(args.output_dir or cfg.OUTPUT_DIR)
+    # an eval-only run without --resume evaluates the init weights: never over a trained run's numbers
+    held = dict(fresh=not args.resume, overwrite=args.overwrite)
     cfg.OUTPUT_DIR = str(out_dir)
     data_root = args.data_root or os.environ.get("DETECTRON2_DATASETS") or "datasets"
     if args.engine == "detectron2":
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         require_detectron2()
         from mocobench.transfer.engines.detectron2.job import run_detectron2_job
 
-        with run_folder(out_dir, "transfer"):
+        with run_folder(out_dir, "transfer", **held):
             record_digests(args, cfg, out_dir)
             metrics = run_detectron2_job(args, cfg, out_dir, data_root)
     else:
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_supported(cfg, detection_defaults(), args.config)
         try:
-            with run_folder(out_dir, "transfer"):
+            with run_folder(out_dir, "transfer", **held):
                 record_digests(args, cfg, out_dir)
                 metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
         finally:

@@ -23,7 +23,7 @@ import torch.nn as nn
 from mocobench import UserError
 from mocobench.resnet import D2_BLOCK, ResNetShape, build_resnet, d2_to_tv, infer_shape, tv_to_d2
 from mocobench.transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
-from mocobench.checkpoints import check_finite, is_moco, read_checkpoint, trunk_weights, weights_dict
+from mocobench.checkpoints import check_weights, is_moco, read_checkpoint, trunk_weights, weights_dict
 from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, INPUT_FORMATS, MOCO_QUERY_PREFIX, RGB_IMAGENET
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def convert_checkpoint(path: str | Path, fmt: str = "auto") -> Converted:
         dropped += ignored
         conventions = {"source_format": fmt, **RGB_IMAGENET}
     model = {k: _as_array(path, k, v) for k, v in model.items()}
-    check_finite(model, path)
+    check_weights(model, path)
     shape = infer_shape(path, model)
     check_against_resnet(path, model, shape)
     conflicts = [f"{k} {conventions[k]} (weights: {getattr(shape, k)})" for k in SHAPE_KEYS

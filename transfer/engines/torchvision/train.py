@@ -20,7 +20,7 @@ from fvcore.common.config import CfgNode
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.atomic import torch_save, write_json, write_text
-from mocobench.checkpoints import last_checkpoint, point_to, read_checkpoint
+from mocobench.checkpoints import check_weights, last_checkpoint, point_to, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
 from mocobench.transfer.config import load_detection_config
 from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_datasets
@@ -66,6 +66,7 @@ def is_run_checkpoint(path: str) -> bool:
 def load_run_checkpoint(path: str, model: torch.nn.Module) -> dict:
     try:
         ckpt = read_checkpoint(path)
+        check_weights(ckpt["model"], path)
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a checkpoint of this model: {str(e).splitlines()[0]}") from None
