@@ -51,6 +51,21 @@ def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: t
     return {f"top1@{k}": 100.0 * correct[k] / val_feats.shape[0] for k in ks}
 
 
+def check_ks(ks: list, n_train: int, train_dir: Path) -> None:
+    """Refuse a k the vote cannot honour: more neighbours than train images would be
+    clamped silently and reported under the wrong k."""
+    if not ks:
+        raise UserError(f"KNN.K is empty: give at least one k in 1..{n_train} ({n_train} train images in {train_dir})")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise UserError(f"KNN.K {k!r} is not a whole number: each k must be in 1..{n_train} "
+                            f"({n_train} train images in {train_dir})")
+        if k < 1:
+            raise UserError(f"KNN.K {k} < 1: each k must be in 1..{n_train} ({n_train} train images in {train_dir})")
+        if k > n_train:
+            raise UserError(f"KNN.K {k} > {n_train} train images in {train_dir}: each k must be in 1..{n_train}")
+
+
 def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.device,
              bn_stats_from_data: bool = False) -> dict[str, float]:
     """kNN top-1 of ``net``'s trunk on ``data_root``/{train,val} (eval transforms), all
@@ -58,6 +73,7 @@ def evaluate(net: torch.nn.Module, cfg: CfgNode, data_root: str, device: torch.d
     ``bn_stats_from_data`` the BN running statistics are first set from the train split."""
     feats = {}
     train, val, _ = labelled_splits(data_root)
+    check_ks(list(cfg.KNN.K), len(train), Path(data_root) / "train")
     for split, samples in (("train", train), ("val", val)):
         dataset = ImageDataset(samples, eval_transform(cfg), seed=cfg.TRAIN.SEED)
         loader = make_loader(dataset, batch_size=cfg.SOLVER.BATCH_SIZE,

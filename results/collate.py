@@ -5,8 +5,12 @@ finished trials, "±std" when there are several, "[n/N]" when fewer than the tab
 trials finished, and the delta against the baseline row (supervised) in the paper's form
 "81.4 (+0.6)". The published rows (paper / authors' repo, results/paper/) follow, with
 their deltas against the published baseline. A cell without any finished run is "—",
-never a zero. A run left out is listed with why: unfinished, an unreadable metrics.json, or
-recorded inputs (digests.json) that are not the table's (an edited config, other weights).
+never a zero; a note under the table says why for each cell shown as "—" or without its delta
+(no finished run, a value that is not a number, no baseline value). A run left out is listed
+under the table and printed with why: unfinished, an unreadable or eval-only metrics.json, a
+seed outside the table's trials, a folder moved aside, or recorded inputs (digests.json) that
+are not the table's (an edited config, other weights). Two finished runs of one seed for one
+init are refused: either could be the trial that counts.
 Writes report.md, report.html (self-contained), results.csv (every number),
 and per table <table>.csv (the cells as shown) and <table>.png (delta vs baseline per
 metric, error bars = std over trials).
@@ -15,19 +19,20 @@ metric, error bars = std over trials).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
 from mocobench import UserError
 from mocobench.atomic import check_file_target, write_text
-from mocobench.results.format import html_report, markdown_table, table_cells
+from mocobench.results.format import MISSING, Notes, column_names, html_report, markdown_table, table_cells
 from mocobench.results.paper import paper_rows
 from mocobench.results.plot import write_delta_plot
 from mocobench.digests import changed, read_digests
 from mocobench.results.plan import expected_digests, recorded_world_size
-from mocobench.results.runs import RunCheck, init_names, table_runs
+from mocobench.results.runs import RunCheck, TableRuns, init_names, table_runs
 from mocobench.results.tables import Init, Table, add_trials_argument, load_inits, resolve_tables, table_files
 
 STAT_COLUMNS = ["table", "row", "source", "baseline", "metric", "n", "trials", "mean", "std", "delta"]
@@ -71,7 +76,7 @@ def with_deltas(stats: pd.DataFrame) -> pd.DataFrame:
     base = stats[stats["baseline"]].groupby(["source", "metric"])["mean"].first()
     key = pd.MultiIndex.from_frame(stats[["source", "metric"]])
     stats = stats.copy()
-    stats["delta"] = (stats["mean"].to_numpy() - base.reindex(key).to_numpy())
+    stats["delta"] = stats["mean"].to_numpy(dtype=float) - base.reindex(key).to_numpy(dtype=float)
     stats.loc[stats["baseline"], "delta"] = float("nan")
     return stats
 
@@ -102,16 +107,71 @@ def belongs(table: Table, inits: dict[str, Init] | None) -> RunCheck:
     return check
 
 
-def table_stats(table: Table, run_root: Path, rows: Sequence[str], inits: dict[str, Init] | None = None
-                ) -> pd.DataFrame:
-    runs, skipped = table_runs(run_root, table.name, table.metrics, belongs(table, inits))
-    for run_dir, why in skipped:
-        print(f"{run_dir.relative_to(run_root)}: skipped: {why}")
-    runs = runs[runs["seed"].isin(table.seeds)]  # the table's trials: seeds 0..TRIALS-1
-    stats = pd.concat([measured_stats(table, runs, rows), published_stats(table)], ignore_index=True)
+@dataclass
+class TableResult:
+    stats: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # why a cell is missing or has no delta
+    left_out: list[str] = field(default_factory=list)  # "<run folder>: <why>" per run left out
+
+    def sections(self) -> Notes:
+        return [(f"Why a cell is {MISSING} or has no delta:", self.notes), ("Runs left out:", self.left_out)]
+
+
+def table_result(table: Table, run_root: Path, rows: Sequence[str], inits: dict[str, Init] | None = None
+                 ) -> TableResult:
+    """The table's numbers (mean, std, n, delta per row and metric), the notes on its missing
+    cells and the runs it left out; prints each left-out run."""
+    runs = table_runs(run_root, table.name, table.metrics, belongs(table, inits), table.seeds)
+    left_out = [f"{run_dir.relative_to(run_root)}: {why}" for run_dir, why in runs.skipped]
+    for line in left_out:
+        print(line.replace(": ", ": skipped: ", 1))
+    stats = pd.concat([measured_stats(table, runs.values, rows), published_stats(table)], ignore_index=True)
+    for col in ("mean", "std"):  # an empty published frame leaves object columns: NaN, never None
+        stats[col] = pd.to_numeric(stats[col], errors="coerce")
     stats = with_deltas(stats)
     stats.insert(0, "table", table.name)
-    return stats[STAT_COLUMNS]
+    stats = stats[STAT_COLUMNS]
+    return TableResult(stats, cell_notes(table, stats, runs), left_out)
+
+
+def table_stats(table: Table, run_root: Path, rows: Sequence[str], inits: dict[str, Init] | None = None
+                ) -> pd.DataFrame:
+    return table_result(table, run_root, rows, inits).stats
+
+
+def cell_notes(table: Table, stats: pd.DataFrame, runs: TableRuns) -> list[str]:
+    """A line per row (or per cell where the row's cells differ) shown as — or without a delta, saying why."""
+    inits_left_out = {d.parent.name for d, _ in runs.skipped}
+    base, cols = table.cfg.BASELINE, dict(zip(table.metrics, column_names(table)))
+    notes = []
+    for (row, source), part in stats.groupby(["row", "source"], sort=False):
+        whys = {}
+        for s in part.itertuples(index=False):
+            why = _cell_why(s, source, runs, row in inits_left_out, base)
+            if why:
+                whys[cols[s.metric]] = why
+        if len(whys) == len(table.metrics) and len(set(whys.values())) == 1:
+            notes.append(f"{row}: {next(iter(whys.values()))}")
+        else:
+            notes += [f"{row}, {col}: {why}" for col, why in whys.items()]
+    return notes
+
+
+def _cell_why(s: Any, source: str, runs: TableRuns, any_left_out: bool, base: str) -> str:
+    """Why one cell lacks its number, some trials or its delta ("" when it lacks nothing)."""
+    bad = [f"seed{seed}: {why}" for init, seed, m, why in runs.problems if init == s.row and m == s.metric]
+    if source != "measured":
+        if pd.isna(s.mean):
+            return f"not among the published numbers of {source}"
+    elif s.n == 0:
+        if bad:
+            return f"no number ({'; '.join(bad)})"
+        return "no finished run" + (" (runs left out: listed below)" if any_left_out else "")
+    elif bad:
+        return f"{s.n} of {s.trials} trials: {'; '.join(bad)}"
+    if base and not s.baseline and pd.isna(s.delta) and not pd.isna(s.mean):
+        return f"no delta (baseline {base} has no value here)"
+    return ""
 
 
 def table_rows(table: Table, run_root: Path, inits: Sequence[str] | None) -> list[str]:
@@ -135,26 +195,28 @@ def run(args: argparse.Namespace) -> int:
     run_root, out = Path(args.run_root), Path(args.out)
     check_file_target(out / "report.md")  # a file in the way fails before any table is read
     inits = load_inits(args.inits) if args.inits else None
-    sections, all_stats = [], []
     tables = collate_tables(run_root, args.tables, args.trials)
+    results = []  # every table read (and any duplicate seed refused) before anything is written
     for table in tables:
         rows = table_rows(table, run_root, inits and list(inits))
         if not rows and not table.cfg.PAPER.FILE:
             print(f"{table.name}: skipped: no init folders under {run_root / table.name} and no published rows")
             continue
-        stats = table_stats(table, run_root, rows, inits)
-        cells = table_cells(table, stats)
-        png = out / f"{table.name}.png"
-        write_delta_plot(table, stats, png)
-        write_text(out / f"{table.name}.csv", cells.to_csv(index=False))
-        sections.append((table, cells, png))
-        all_stats.append(stats)
-        missing = int((stats["source"].eq("measured") & stats["n"].eq(0)).sum())
-        print(f"{table.name}: {cells.shape[0]} rows, {missing} missing cells")
-    if not sections:
+        results.append((table, table_result(table, run_root, rows, inits)))
+    if not results:
         raise UserError(f"{run_root}: nothing to collate (no runs of {', '.join(t.name for t in tables)})")
-    write_text(out / "results.csv", pd.concat(all_stats, ignore_index=True).to_csv(index=False))
-    write_text(out / "report.md", "\n".join(markdown_table(t, c) for t, c, _ in sections))
+    sections, markdown = [], []
+    for table, result in results:
+        cells = table_cells(table, result.stats)
+        png = out / f"{table.name}.png"
+        write_delta_plot(table, result.stats, png)
+        write_text(out / f"{table.name}.csv", cells.to_csv(index=False))
+        sections.append((table, cells, png, result.sections()))
+        markdown.append(markdown_table(table, cells, result.sections()))
+        missing = int((result.stats["source"].eq("measured") & result.stats["n"].eq(0)).sum())
+        print(f"{table.name}: {cells.shape[0]} rows, {missing} missing cells, {len(result.left_out)} runs left out")
+    write_text(out / "results.csv", pd.concat([r.stats for _, r in results], ignore_index=True).to_csv(index=False))
+    write_text(out / "report.md", "\n".join(markdown))
     write_text(out / "report.html", html_report(sections))
     print(f"wrote {out}/report.md, report.html, results.csv and one .csv/.png per table")
     return 0

@@ -10,13 +10,14 @@ import base64
 import html
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import pandas as pd
 
 from mocobench.results.tables import Table
 
 MISSING = "—"
+Notes = Sequence[Tuple[str, Sequence[str]]]  # (heading, lines) printed under a table; empty lines: none
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -24,7 +25,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.published td { color: #666; font-style: italic; }
 td.missing { color: #b00; }
-p.note { color: #555; font-size: 0.9em; }
+p.note, ul.note { color: #555; font-size: 0.9em; }
 img { max-width: 48em; }
 """
 
@@ -70,17 +71,26 @@ def caption(table: Table) -> str:
     deltas = (f"(delta) vs `{table.cfg.BASELINE}`; published rows vs their own baseline" if table.cfg.BASELINE
               else "absolute numbers, no baseline")  # the paper's Table 3 has none
     return (f"`{table.name}`: mean over {table.cfg.TRIALS} trial(s), ±std over trials, [n/N] where trials "
-            f"are missing, {deltas}; {MISSING} = no finished run.")
+            f"are missing, {deltas}; {MISSING} = no number (the reason is noted under the table).")
 
 
-def markdown_table(table: Table, cells: pd.DataFrame) -> str:
+def markdown_table(table: Table, cells: pd.DataFrame, notes: Notes = ()) -> str:
     cols = column_names(table)
     lines = [f"### {table.title}", "", caption(table), "",
              "| " + " | ".join(["init", *cols]) + " |",
              "|" + "---|" * (len(cols) + 1)]
     for rec in cells.itertuples(index=False):
         lines.append("| " + " | ".join(str(v) for i, v in enumerate(rec) if i != 1) + " |")
+    for heading, items in notes:
+        if items:
+            lines += ["", heading, "", *(f"- {item}" for item in items)]
     return "\n".join(lines) + "\n"
+
+
+def _html_notes(notes: Notes) -> str:
+    return "".join(f"<p class=note>{html.escape(heading)}</p><ul class=note>"
+                   + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul>\n"
+                   for heading, items in notes if items)
 
 
 def _html_table(table: Table, cells: pd.DataFrame) -> str:
@@ -95,13 +105,13 @@ def _html_table(table: Table, cells: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def html_report(sections: Sequence[tuple[Table, pd.DataFrame, Path]]) -> str:
-    """One self-contained page: inline CSS, each table's PNG embedded as base64."""
+def html_report(sections: Sequence[tuple[Table, pd.DataFrame, Path, Notes]]) -> str:
+    """One self-contained page: inline CSS, each table's notes under it, its PNG embedded as base64."""
     parts = []
-    for table, cells, png in sections:
+    for table, cells, png, notes in sections:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{html.escape(table.title)}</h2>\n<p class=note>{html.escape(caption(table))}</p>\n"
-                     f"{_html_table(table, cells)}\n"
+                     f"{_html_table(table, cells)}\n{_html_notes(notes)}"
                      f'<img alt="delta vs {html.escape(table.cfg.BASELINE)}: {html.escape(table.name)}" '
                      f'src="data:image/png;base64,{data}">')
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mocobench results</title>"

@@ -7,6 +7,7 @@ transfer beside the paper's rows). Written to report.md, runs.csv, figure3.png a
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -35,19 +36,41 @@ def pretext(folder: Path) -> dict[str, float]:
     return {k: sum(e[k] for e in last) / len(last) for k in ("loss", "acc1", "acc1_batch", "key_cos")}
 
 
+def read_result(path: Path, key: str) -> tuple[float | None, str]:
+    """(the number under ``key`` in a result JSON, "") or (None, why not): a half-written or
+    unreadable file is no result, so the job that writes it runs again."""
+    if not path.is_file():
+        return None, f"no {path.name}"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} unreadable ({type(e).__name__})"
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None, f"{path.name} has no number under {key!r}"
+    return float(value), ""
+
+
+def knn_key(sweep: Sweep) -> str:
+    """The kNN result the sweep reports: top-1 at the first k of its kNN config."""
+    from mocobench.pretrain.config import load_pretrain_config
+
+    return f"top1@{list(load_pretrain_config(sweep.relative(sweep.cfg.EVAL.KNN)).KNN.K)[0]}"
+
+
 def evaluation(sweep: Sweep, run: Run, out: Path) -> dict[str, float]:
-    import json
-
+    """The run's kNN / linear-probe top-1; a result file present but unusable is named and left "—"."""
     result: dict[str, float] = {}
-    knn = out / run.name / "knn.json"
-    if knn.is_file():
-        from mocobench.pretrain.config import load_pretrain_config
-
-        k = list(load_pretrain_config(sweep.relative(sweep.cfg.EVAL.KNN)).KNN.K)[0]
-        result["knn_top1"] = json.loads(knn.read_text())[f"top1@{k}"]
-    lincls = out / run.name / "lincls" / "metrics.json"
-    if lincls.is_file():
-        result["lincls_top1"] = json.loads(lincls.read_text())["top1"]
+    wanted = [("knn_top1", out / run.name / "knn.json", knn_key(sweep) if sweep.cfg.EVAL.KNN else None),
+              ("lincls_top1", out / run.name / "lincls" / "metrics.json", "top1")]
+    for column, path, key in wanted:
+        if key is None or not path.is_file():
+            continue
+        value, why = read_result(path, key)
+        if value is None:
+            print(f"{path}: {why}; shown as {MISSING}")
+        else:
+            result[column] = value
     return result
 
 

@@ -28,7 +28,7 @@ from mocobench.checkpoints import last_checkpoint
 from mocobench.results import run_all
 from mocobench.results.launch import LaunchSpec, launch_local, mocobench_argv, torchrun_argv
 from mocobench.results.sweep import Run, Sweep, load_sweep, resolve_sweep, run_config
-from mocobench.results.sweep_report import write_report
+from mocobench.results.sweep_report import knn_key, read_result, write_report
 
 DONE, RESUME, NEW, WAITS = "done", "resume", "new", "waits"
 
@@ -40,6 +40,7 @@ class Job:
     args: list[str]  # after ``mocobench``
     run_dir: Path
     distributed: bool  # through the launcher (pretrain, lincls) or on this machine (knn, convert)
+    why: str = ""  # why a job whose result file exists runs again
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +65,8 @@ def pretrain_job(sweep: Sweep, run: Run, out: Path, data: str | None) -> Job:
 
 def eval_jobs(sweep: Sweep, run: Run, out: Path, eval_data: str | None, convert: bool) -> list[Job]:
     """kNN / linear probe / conversion of the run's final checkpoint; each is done when its
-    result file exists, and waits while the checkpoint does not."""
+    result file exists (for kNN and the probe: whole, with its top-1), and waits while the
+    checkpoint does not."""
     weights, folder, ev = final_checkpoint(sweep, run, out), out / run.name, sweep.cfg.EVAL
     if (ev.KNN or ev.LINCLS) and not eval_data:
         raise UserError(f"{sweep.path}: EVAL names kNN / linear-probe configs; give --eval-data (train/ and val/)")
@@ -80,8 +82,18 @@ def eval_jobs(sweep: Sweep, run: Run, out: Path, eval_data: str | None, convert:
     if convert:
         planned.append(("convert", folder / "init.pkl", ["convert", str(weights), str(folder / "init.pkl")],
                         folder, False))
-    return [Job(f"{run.name}/{name}", DONE if result.is_file() else NEW if weights.is_file() else WAITS,
-                args, run_dir, distributed) for name, result, args, run_dir, distributed in planned]
+    jobs = []
+    for name, result, args, run_dir, distributed in planned:
+        why = "" if name == "convert" or not result.is_file() else usable(sweep, name, result)
+        done = result.is_file() and not why
+        jobs.append(Job(f"{run.name}/{name}", DONE if done else NEW if weights.is_file() else WAITS,
+                        args, run_dir, distributed, f"{why}; recomputed" if why else ""))
+    return jobs
+
+
+def usable(sweep: Sweep, name: str, result: Path) -> str:
+    """Why an existing kNN / linear-probe result is no result ("" when it is one)."""
+    return read_result(result, knn_key(sweep) if name == "knn" else "top1")[1]
 
 
 def argv(job: Job, args: argparse.Namespace, world: int) -> list[str]:
@@ -96,7 +108,7 @@ def run_stage(title: str, jobs: list[Job], args: argparse.Namespace, out: Path, 
     print(f"== {title}")
     todo = []
     for job in jobs:
-        line = f"{job.state:7s} {job.name}"
+        line = f"{job.state:7s} {job.name}" + (f"  ({job.why})" if job.why else "")
         if job.state in (NEW, RESUME):
             todo.append(LaunchSpec(job.name, job.run_dir, argv(job, args, world)))
             line += "  " + shlex.join(todo[-1].argv)

@@ -24,6 +24,7 @@ from mocobench.checkpoints import read_checkpoint
 from mocobench.config import check_keys, load_config, load_defaults
 from mocobench.conventions import INPUT_FORMATS
 from mocobench.resources import config_path
+from mocobench.results.runs import unknown_metric
 
 DEFAULTS_FILE = Path(__file__).with_name("table_defaults.yaml")
 TABLES_DIR = config_path("tables")
@@ -87,8 +88,8 @@ def _validate(cfg: CfgNode, path: Path) -> None:
     if not cfg.METRICS:
         raise UserError(f"{path}: METRICS is empty; name the columns, e.g. [bbox/AP50, bbox/AP]")
     for m in cfg.METRICS:
-        if m.count("/") != 1:
-            raise UserError(f"{path}: metric {m!r} is not of the form <task>/<key>, e.g. bbox/AP50")
+        if unknown_metric(m):  # a metric no run records would only ever show as missing
+            raise UserError(f"{path}: metric {m!r} is {unknown_metric(m)}")
     if cfg.PAPER.FILE and len(cfg.PAPER.COLUMNS) != len(cfg.METRICS):
         raise UserError(f"{path}: PAPER.COLUMNS needs one entry per METRICS entry "
                         f"({len(cfg.METRICS)}), got {len(cfg.PAPER.COLUMNS)}")

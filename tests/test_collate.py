@@ -76,7 +76,8 @@ def test_collate_writes_the_expected_table(tmp_path, cli):
     assert res.returncode == 0, res.stderr
     md = (out / "report.md").read_text()
     assert md.startswith("### Test VOC table\n")
-    assert md.endswith(EXPECTED_ROWS)
+    assert md.endswith(EXPECTED_ROWS + "\nWhy a cell is — or has no delta:\n\n- mocov2: no finished run\n\nRuns left out:"
+                       "\n\n- test_voc/random/seed1: metrics.json unreadable (JSONDecodeError)\n")
 
     wide = pd.read_csv(out / "test_voc.csv", keep_default_na=False)
     assert list(wide.columns) == ["row", "source", "AP50", "AP", "AP75"]
