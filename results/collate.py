@@ -170,7 +170,7 @@ def _cell_why(s: Any, source: str, runs: TableRuns, any_left_out: bool, base: st
     elif bad:
         return f"{s.n} of {s.trials} trials: {'; '.join(bad)}"
     if base and not s.baseline and pd.isna(s.delta) and not pd.isna(s.mean):
-        return f"no delta (baseline {base} has no value here)"
+        return f"no delta (baseline {base if source == 'measured' else source + ' baseline'} has no value here)"
     return ""
 
 

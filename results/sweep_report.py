@@ -15,7 +15,7 @@ import pandas as pd
 
 from mocobench.atomic import atomic_write, write_text
 from mocobench.progress import read_jsonl
-from mocobench.results.collate import table_stats
+from mocobench.results.collate import table_result
 from mocobench.results.format import MISSING, markdown_table, table_cells
 from mocobench.results.paper import PAPER_DIR
 from mocobench.results.sweep import Run, Sweep
@@ -161,8 +161,8 @@ def write_report(sweep: Sweep, out: Path, report: Path) -> None:
         parts += ["## Figure 3", "", f"![Figure 3: {metric} top-1 vs K, a line per mechanism](figure3.png)", ""]
     for table_path, runs in sweep.detection_runs().items():
         table = load_table(table_path)
-        stats = table_stats(table, out / "detection", [r.name for r in runs])
-        cells = table_cells(table, stats)
+        result = table_result(table, out / "detection", [r.name for r in runs])
+        cells = table_cells(table, result.stats)
         write_text(report / f"{table.name}.csv", cells.to_csv(index=False))
-        parts += [markdown_table(table, cells)]
+        parts += [markdown_table(table, cells, result.sections())]
     write_text(report / "report.md", "\n".join(parts))
