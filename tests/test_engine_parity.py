@@ -16,8 +16,10 @@ SMALL = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.
 # the paper's configs at a reduced width (ResNet-50 layout) and class count
 NARROW = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
           "MODEL.RESNETS.WIDTH_PER_GROUP", "4", "MODEL.ROI_HEADS.NUM_CLASSES", "5"]
+# the mask configs with polygon ground truth (INPUT.MASK_FORMAT's default), FPN also with bitmasks
 CONFIGS = {"C4": (DEMO / "demo_voc_C4.yaml", SMALL), "DC5": (DEMO / "demo_voc_DC5.yaml", SMALL),
            "C4-mask": (DEMO / "demo_coco_C4_mask.yaml", SMALL), "FPN-mask": (DEMO / "demo_coco_FPN_mask.yaml", SMALL),
+           "FPN-mask-bitmask": (DEMO / "demo_coco_FPN_mask.yaml", SMALL + ["INPUT.MASK_FORMAT", "bitmask"]),
            "paper-VOC-C4": (PAPER / "voc_R_50_C4_24k.yaml", SMALL + NARROW),
            "paper-COCO-FPN": (PAPER / "coco_R_50_FPN_1x.yaml", SMALL + NARROW)}
 
@@ -45,6 +47,19 @@ def test_engine_equals_detectron2(name):
         assert part in components, f"{part} not compared\n{table}"
     assert all(r.ok for r in rows), table
     assert next(r for r in rows if r.component == "detections").ours > 0  # something to compare
+
+
+@needs_d2
+@pytest.mark.parametrize("mask_format,kind", [("polygon", "PolygonMasks"), ("bitmask", "BitMasks")])
+def test_both_engines_get_the_ground_truth_in_the_configs_mask_format(mask_format, kind):
+    """The mask parity above compares polygon targets with detectron2's PolygonMasks, not bitmasks."""
+    from mocobench.transfer.config import load_detection_config
+    from mocobench.transfer.engines.parity import detectron2_inputs, synthetic_batch
+
+    cfg = load_detection_config(DEMO / "demo_coco_FPN_mask.yaml", SMALL + ["INPUT.MASK_FORMAT", mask_format])
+    images, targets = synthetic_batch(cfg)
+    inputs = detectron2_inputs(images, targets, mask_on=True)
+    assert all(type(i["instances"].gt_masks).__name__ == kind and len(i["instances"]) == 3 for i in inputs)
 
 
 @needs_d2

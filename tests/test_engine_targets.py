@@ -1,13 +1,17 @@
 """Training targets of the torchvision engine, without detectron2: each RoI's mask target
-is cropped from the instance that RoI matched, and every target tensor is float32."""
+is made from the instance that RoI matched (polygons rasterised in the RoI, or bitmasks
+cropped, by INPUT.MASK_FORMAT), and every target tensor is float32."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_util
 
 from engine_fixtures import DEMO, TINY
+from mocobench import UserError
 from mocobench.transfer.config import load_detection_config
 from mocobench.transfer.engines.torchvision.build import build_model
 from mocobench.transfer.engines.torchvision.input import TrainMapper
@@ -75,4 +79,80 @@ def test_train_mapper_targets_are_float32(tmp_path):
     h, w = image.shape[-2:]
     expected = np.asarray([a["bbox"] for a in record["annotations"]], np.float64) * ([w / 90, h / 70] * 2)
     assert torch.equal(target["boxes"], torch.from_numpy(expected.clip(0, [w, h, w, h]).astype(np.float32)))
-    assert target["masks"].shape == (2, *image.shape[-2:])
+    assert len(target["masks"]) == 2  # polygons: INPUT.MASK_FORMAT's default
+
+
+# in a 90 x 70 image: a slanted triangle (edges a crop of a full-image raster gets wrong) and
+# an instance of two squares (one mask: their union)
+TRIANGLE = [12.0, 10.0, 40.5, 18.0, 20.0, 44.0]
+SQUARES = [[55.0, 20.0, 70.0, 20.0, 70.0, 35.0, 55.0, 35.0], [72.0, 38.0, 85.0, 38.0, 85.0, 50.0, 72.0, 50.0]]
+
+
+def polygon_record(tmp_path, segmentations: list) -> dict:
+    path = tmp_path / "im.png"
+    Image.new("RGB", (90, 70)).save(path)
+    annotations = []
+    for segm in segmentations:
+        xy = np.concatenate([np.reshape(p, (-1, 2)) for p in segm])
+        annotations.append({"bbox": [*xy.min(0).tolist(), *xy.max(0).tolist()], "category_id": 1, "iscrowd": 0,
+                            "segmentation": segm})
+    return {"file_name": str(path), "height": 70, "width": 90, "image_id": 1, "annotations": annotations}
+
+
+def mapped(record: dict, *overrides: str, seed: int = 0) -> dict:
+    """The record through the C4-mask config's TrainMapper at its own size (70), unflipped unless overridden."""
+    cfg = load_detection_config(DEMO / "demo_coco_C4_mask.yaml",
+                                TINY + ["INPUT.MIN_SIZE_TRAIN", "(70,)", "INPUT.RANDOM_FLIP", "none", *overrides])
+    return TrainMapper(cfg, mask_on=True)(record, np.random.default_rng(seed))[1]
+
+
+def rasterised_in(polygons: list[list[float]], box: list[float], size: int) -> torch.Tensor:
+    """pycocotools on the polygons with the box's corner moved to 0 and its sides scaled to ``size``."""
+    x0, y0, x1, y1 = box
+    moved = [[(v - x0) * size / (x1 - x0) if i % 2 == 0 else (v - y0) * size / (y1 - y0) for i, v in enumerate(p)]
+             for p in polygons]
+    return torch.from_numpy(mask_util.decode(mask_util.merge(mask_util.frPyObjects(moved, size, size)))).float()
+
+
+def test_polygon_mask_target_is_the_polygon_rasterised_in_each_roi(tmp_path):
+    """INPUT.MASK_FORMAT polygon (the default), as detectron2's PolygonMasks: a RoI's target is
+    its instance's polygons cropped and scaled to the RoI, rasterised at the target's size."""
+    target = mapped(polygon_record(tmp_path, [[TRIANGLE], SQUARES]))
+    rois = torch.tensor([[12.0, 10.0, 40.5, 44.0], [16.5, 14.0, 30.0, 27.5], [58.0, 18.0, 84.0, 48.5], [55.0, 20.0, 85.0, 50.0]])
+    matched = torch.tensor([0, 0, 1, 1])
+    crops = mask_targets([rois], [target["masks"]], [matched], 28)
+    for roi, instance, crop in zip(rois.tolist(), matched.tolist(), crops):
+        polygons = [TRIANGLE] if instance == 0 else SQUARES
+        assert torch.equal(crop, rasterised_in(polygons, roi, 28)), roi
+    assert crops[3, :10, :10].all() and not crops[3, 20:, :10].any()  # a square, and the gap beside the other
+
+
+def test_polygons_flip_with_the_image(tmp_path):
+    """A horizontal flip mirrors the polygon's x about the image's width before it is rasterised."""
+    target = mapped(polygon_record(tmp_path, [[TRIANGLE]]), "INPUT.RANDOM_FLIP", "horizontal", seed=3)  # draws a flip
+    box = target["boxes"][0]
+    assert box.tolist() == [90.0 - 40.5, 10.0, 90.0 - 12.0, 44.0]
+    mirrored = [90.0 - v if i % 2 == 0 else v for i, v in enumerate(TRIANGLE)]
+    crop = mask_targets([box[None]], [target["masks"]], [torch.tensor([0])], 28)[0]
+    assert torch.equal(crop, rasterised_in([mirrored], box.tolist(), 28))
+
+
+def test_bitmask_format_crops_full_image_masks(tmp_path):
+    """INPUT.MASK_FORMAT bitmask, as detectron2's BitMasks: full-image masks, cropped with roi_align."""
+    target = mapped(polygon_record(tmp_path, [[TRIANGLE], SQUARES]), "INPUT.MASK_FORMAT", "bitmask")
+    masks = target["masks"]
+    assert masks.dtype == torch.uint8 and masks.shape == (2, 70, 90)
+    full = mask_util.decode(mask_util.merge(mask_util.frPyObjects(SQUARES, 70, 90)))
+    assert torch.equal(masks[1], torch.from_numpy(full))
+    box = torch.tensor([[12.0, 10.0, 40.5, 44.0]])
+    assert torch.equal(mask_targets([box], [masks], [torch.tensor([0])], 28),
+                       mask_targets([box], [masks[:1]], [torch.tensor([0])], 28))
+
+
+def test_rle_instance_under_polygon_format_is_refused_in_one_line(tmp_path):
+    record = polygon_record(tmp_path, [[TRIANGLE]])
+    record["annotations"][0]["segmentation"] = mask_util.encode(np.asfortranarray(np.ones((70, 90), np.uint8)))
+    with pytest.raises(UserError, match=r"im.png: .* RLE, which INPUT.MASK_FORMAT polygon cannot hold; "
+                                        r"set INPUT.MASK_FORMAT bitmask$"):
+        mapped(record)
+    assert mapped(record, "INPUT.MASK_FORMAT", "bitmask")["masks"].all()

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import update_bn_stats as fvcore_update_bn_stats
 from PIL import Image
@@ -33,6 +33,7 @@ from mocobench.transfer.engines.export import export_to_detectron2, rename
 from mocobench.transfer.engines.torchvision.build import DetectronRCNN, build_model
 from mocobench.transfer.engines.torchvision.inference import postprocess
 from mocobench.transfer.engines.torchvision.input import TrainMapper
+from mocobench.transfer.engines.torchvision.masks import Polygons
 from mocobench.transfer.engines.torchvision.norm import batch_norms
 from mocobench.transfer.engines.torchvision.precise_bn import update_bn_stats
 
@@ -68,8 +69,8 @@ def relative(a: Tensor, b: Tensor) -> float:
 
 def synthetic_batch(cfg, seed: int = 0) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """Two noise images (one wide, one tall: the batch pads), three polygon objects each,
-    through our TrainMapper (resize, flip, float32 boxes, rasterised masks): the inputs both
-    engines then see."""
+    through our TrainMapper (resize, flip, float32 boxes, masks as INPUT.MASK_FORMAT keeps
+    them: polygons, or full-image bitmasks): the inputs both engines then see."""
     g = torch.Generator().manual_seed(seed)
     mapper = TrainMapper(cfg, cfg.MODEL.MASK_ON)
     images, targets = [], []
@@ -102,7 +103,8 @@ def detectron2_inputs(images: list[Tensor], targets: list[dict[str, Tensor]], ma
     for im, t in zip(images, targets):
         fields = {"gt_boxes": Boxes(t["boxes"]), "gt_classes": t["labels"] - 1}
         if mask_on:
-            fields["gt_masks"] = BitMasks(t["masks"].bool())
+            masks = t["masks"]
+            fields["gt_masks"] = PolygonMasks(masks.instances) if isinstance(masks, Polygons) else BitMasks(masks.bool())
         inputs.append({"image": im, "instances": Instances(tuple(im.shape[-2:]), **fields)})
     return inputs
 
@@ -181,7 +183,8 @@ def mirror(target: dict[str, Tensor], width: int) -> dict[str, Tensor]:
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
     flipped = {**target, "boxes": boxes}
     if "masks" in target:
-        flipped["masks"] = target["masks"].flip(-1)
+        masks = target["masks"]
+        flipped["masks"] = masks.flipped(0, width) if isinstance(masks, Polygons) else masks.flip(-1)
     return flipped
 
 

@@ -1,7 +1,8 @@
 """Images and annotations -> model inputs, as detectron2's DatasetMapper prepares them.
 
 Resize (shortest edge from INPUT.MIN_SIZE_TRAIN by 'choice' or 'range', capped by the max
-size), flip, channels in INPUT.FORMAT order, 0-255 floats (the model normalises). Training
+size), flip, channels in INPUT.FORMAT order, 0-255 floats (the model normalises); instance
+masks kept as INPUT.MASK_FORMAT says (masks.py). Training
 batches are a pure function of (seed, iteration, rank): every random draw comes from a
 generator seeded by the sample's position in an endless stream of seeded permutations, so a
 resumed run sees exactly the batches an uninterrupted one would, whatever the workers.
@@ -10,7 +11,6 @@ resumed run sees exactly the batches an uninterrupted one would, whatever the wo
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from mocobench import UserError
+from mocobench.transfer.engines.torchvision.masks import MASK_FORMATS, Polygons, rasterize
 
 FLIPS = ("horizontal", "vertical", "none")
 
@@ -53,20 +54,47 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
 
 
-def instance_mask(segmentation: Any, h0: int, w0: int, sx: float, sy: float, size: tuple[int, int]) -> np.ndarray:
-    """A polygon (scaled, then rasterised at the output size) or an RLE (resized nearest)."""
+def scaled_polygons(segmentation: list, sx: float, sy: float) -> list[np.ndarray]:
+    """An instance's polygons (fewer than 3 points dropped) with x scaled by ``sx``, y by ``sy``."""
+    polys = [np.asarray(p, dtype=np.float64).reshape(-1, 2) * [sx, sy] for p in segmentation if len(p) >= 6]
+    return [p.ravel() for p in polys]
+
+
+def flip_polygons(polygons: Polygons, flip: str, size: tuple[int, int]) -> Polygons:
     h, w = size
-    if isinstance(segmentation, list):
-        polys = [(np.asarray(p, dtype=np.float64).reshape(-1, 2) * [sx, sy]).ravel().tolist()
-                 for p in segmentation if len(p) >= 6]
-        if not polys:
-            return np.zeros((h, w), np.uint8)
-        return mask_util.decode(mask_util.merge(mask_util.frPyObjects(polys, h, w)))
-    rle = segmentation
+    return polygons.flipped(0, w) if flip == "horizontal" else polygons.flipped(1, h) if flip == "vertical" else polygons
+
+
+def rle_bitmask(rle: dict, h0: int, w0: int, size: tuple[int, int], flip: str) -> np.ndarray:
+    """An RLE (compressed, or uncompressed counts) decoded at h0 x w0, resized nearest to ``size``, flipped."""
     if isinstance(rle.get("counts"), list):
         rle = mask_util.frPyObjects(rle, h0, w0)
-    full = mask_util.decode(rle)
-    return np.asarray(Image.fromarray(full).resize((w, h), Image.NEAREST))
+    mask = np.asarray(Image.fromarray(mask_util.decode(rle)).resize((size[1], size[0]), Image.NEAREST))
+    return mask[:, ::-1] if flip == "horizontal" else mask[::-1] if flip == "vertical" else mask
+
+
+def instance_bitmask(segmentation: list | dict, h0: int, w0: int, size: tuple[int, int], flip: str) -> np.ndarray:
+    """Polygons scaled, flipped, then rasterised at ``size``; or an RLE resized and flipped."""
+    if isinstance(segmentation, dict):
+        return rle_bitmask(segmentation, h0, w0, size, flip)
+    polygons = flip_polygons(Polygons([scaled_polygons(segmentation, size[1] / w0, size[0] / h0)]), flip, size)
+    return rasterize(polygons.instances[0], *size)
+
+
+def first_rle(annotations: list[dict]) -> dict | None:
+    """The first non-crowd instance whose segmentation is an RLE, if any."""
+    return next((a for a in annotations if not a.get("iscrowd", 0) and isinstance(a.get("segmentation"), dict)), None)
+
+
+def nonempty(masks: Polygons | list[np.ndarray]) -> np.ndarray:
+    """As detectron2's filter_empty_instances: an instance needs a polygon, or a pixel."""
+    flags = [len(p) > 0 for p in masks.instances] if isinstance(masks, Polygons) else [m.any() for m in masks]
+    return np.asarray(flags, dtype=bool).reshape(-1)
+
+
+def stack(masks: list[np.ndarray], keep: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    kept = [m for m, k in zip(masks, keep) if k]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(kept) if kept else np.zeros((0, *size), np.uint8)))
 
 
 class TrainMapper:
@@ -78,11 +106,27 @@ class TrainMapper:
             raise UserError(f"INPUT.RANDOM_FLIP {i.RANDOM_FLIP!r}: use one of {', '.join(FLIPS)}")
         if i.FORMAT not in ("RGB", "BGR"):
             raise UserError(f"INPUT.FORMAT {i.FORMAT!r}: the torchvision engine reads RGB or BGR")
-        if i.MASK_FORMAT != "polygon":
-            raise UserError(f"INPUT.MASK_FORMAT {i.MASK_FORMAT!r}: only polygon is implemented")
+        if i.MASK_FORMAT not in MASK_FORMATS:
+            raise UserError(f"INPUT.MASK_FORMAT {i.MASK_FORMAT!r}: use one of {', '.join(MASK_FORMATS)}")
         self.sizes = list(i.MIN_SIZE_TRAIN)
         self.sampling, self.max_size, self.flip, self.fmt = i.MIN_SIZE_TRAIN_SAMPLING, i.MAX_SIZE_TRAIN, i.RANDOM_FLIP, i.FORMAT
-        self.mask_on = mask_on
+        self.mask_on, self.polygons = mask_on, i.MASK_FORMAT == "polygon"
+
+    def check(self, records: list[dict]) -> None:
+        """Under MASK_FORMAT polygon, refuse an RLE instance (as detectron2 does) before any training."""
+        if self.mask_on and self.polygons:
+            for r in records:
+                if first_rle(r.get("annotations", [])) is not None:
+                    raise UserError(f"{r['file_name']}: an instance's segmentation is an RLE, which "
+                                    "INPUT.MASK_FORMAT polygon cannot hold; set INPUT.MASK_FORMAT bitmask")
+
+    def masks(self, annos: list[dict], h0: int, w0: int, size: tuple[int, int], flip: str) -> Polygons | list[np.ndarray]:
+        """The instances in the output image: polygons scaled and flipped (MASK_FORMAT polygon), or
+        at its size, polygons scaled, flipped and rasterised, RLEs resized and flipped (bitmask)."""
+        sx, sy = size[1] / w0, size[0] / h0
+        if self.polygons:
+            return flip_polygons(Polygons([scaled_polygons(a["segmentation"], sx, sy) for a in annos]), flip, size)
+        return [instance_bitmask(a["segmentation"], h0, w0, size, flip) for a in annos]
 
     def __call__(self, record: dict, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = read_image(record["file_name"], self.fmt)
@@ -92,29 +136,30 @@ class TrainMapper:
         h, w = shortest_edge_size(h0, w0, short, self.max_size)
         sx, sy = w / w0, h / h0
         image = resize(image, (h, w))
-        flip = self.flip != "none" and rng.random() < 0.5
+        flip = self.flip if self.flip != "none" and rng.random() < 0.5 else "none"
         annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        if self.mask_on:
+            self.check([record])
         boxes = np.asarray([a["bbox"] for a in annos], np.float64).reshape(-1, 4) * [sx, sy, sx, sy]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        masks = [instance_mask(a["segmentation"], h0, w0, sx, sy, (h, w)) for a in annos] if self.mask_on else []
-        if flip and self.flip == "horizontal":
+        if flip == "horizontal":
             image = image[:, ::-1]
             boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-            masks = [m[:, ::-1] for m in masks]
-        elif flip:
+        elif flip == "vertical":
             image = image[::-1]
             boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
-            masks = [m[::-1] for m in masks]
         # float64 arithmetic, float32 boxes: detectron2's transforms and its Boxes
         boxes = boxes.astype(np.float32)
         keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+        if self.mask_on:
+            masks = self.masks(annos, h0, w0, (h, w), flip)
+            keep &= nonempty(masks)
         target = {"boxes": torch.from_numpy(boxes[keep]),
                   # torchvision's sampling wants 1..K, 0 = background
                   "labels": torch.tensor([a["category_id"] + 1 for a, k in zip(annos, keep) if k], dtype=torch.int64)}
         if self.mask_on:
-            stacked = np.stack([m for m, k in zip(masks, keep) if k]) if keep.any() else np.zeros((0, h, w), np.uint8)
-            target["masks"] = torch.from_numpy(np.ascontiguousarray(stacked))
+            target["masks"] = masks[keep] if isinstance(masks, Polygons) else stack(masks, keep, (h, w))
         return to_tensor(image), target
 
 
@@ -144,6 +189,7 @@ class TrainBatches(torch.utils.data.Dataset):
                  rank: int, world: int, length: int, group_by_aspect: bool = False) -> None:
         if global_batch % world:
             raise UserError(f"SOLVER.IMS_PER_BATCH {global_batch} does not split over {world} processes")
+        mapper.check(records)  # before training, not in a loader worker mid-run
         self.records, self.mapper, self.seed = records, mapper, seed
         self.per_rank, self.rank, self.world, self.length = global_batch // world, rank, world, length
         self.wide = [r["width"] > r["height"] for r in records] if group_by_aspect else None

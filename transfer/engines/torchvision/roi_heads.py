@@ -4,8 +4,9 @@ torchvision's proposal matching and sampling are kept (Matcher without low-quali
 BalancedPositiveNegativeSampler, gt boxes appended to the proposals). Replaced: the
 predictor layout (background last, class-specific deltas without a background entry),
 the losses (smooth-L1 with detectron2's beta, 0 = L1), inference (score > thresh over
-foreground classes, per-class NMS, top-k, no small-box filter) and mask targets (cropped
-with roi_align aligned=True, detectron2's ROIAlignV2 convention). Labels inside
+foreground classes, per-class NMS, top-k, no small-box filter) and mask targets (by
+INPUT.MASK_FORMAT, as detectron2: polygons rasterised in each RoI, or bitmasks cropped with
+roi_align aligned=True; see masks.py). Labels inside
 torchvision's sampling are 1..K with 0 = background; outputs are 0-based contiguous ids.
 """
 
@@ -19,10 +20,11 @@ import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from mocobench import UserError
 from mocobench.transfer.engines.torchvision.heads import BoxPredictor, ConvFCBoxHead, MaskHead, Res5BoxHead
+from mocobench.transfer.engines.torchvision.masks import Polygons, bitmask_targets, polygon_targets
 from mocobench.transfer.engines.torchvision.norm import get_norm
 from mocobench.transfer.engines.torchvision.pooler import ROIPooler
 from mocobench.transfer.engines.torchvision.rpn import box_regression_loss
@@ -30,23 +32,22 @@ from mocobench.transfer.engines.torchvision.rpn import box_regression_loss
 ROI_HEADS = ("Res5ROIHeads", "Res5ROIHeadsExtraNorm", "StandardROIHeads")
 
 
-def mask_targets(boxes: list[Tensor], gt_masks: list[Tensor], matched: list[Tensor], size: int) -> Tensor:
-    """float32 0/1 targets, size x size: each RoI's box cropped from the mask of the instance it
-    matched (ROIAlignV2, then >= 0.5), as detectron2's BitMasks.crop_and_resize.
+def mask_targets(boxes: list[Tensor], gt_masks: list[Tensor | Polygons], matched: list[Tensor], size: int) -> Tensor:
+    """float32 0/1 targets, size x size, for each RoI from the instance it matched, as
+    detectron2's PolygonMasks / BitMasks.crop_and_resize (masks.py says how each is made).
 
-    ``boxes[i]``: image i's foreground RoIs; ``gt_masks[i]``: its instances' masks (N, H, W);
-    ``matched[i]``: the instance index of each RoI.
+    ``boxes[i]``: image i's foreground RoIs; ``gt_masks[i]``: its instances (Polygons, or an
+    (N, H, W) mask tensor); ``matched[i]``: the instance index of each RoI.
     """
     crops = []
     for b, masks, idx in zip(boxes, gt_masks, matched):
         if len(b) == 0:
             continue
-        # the RoI's batch index selects its own instance's mask, so no mask is copied per RoI
-        rois = torch.cat([idx[:, None].to(torch.float32), b.to(torch.float32)], dim=1)
-        crops.append(roi_align(masks[:, None].float(), rois, (size, size), 1.0, 0, aligned=True)[:, 0])
+        make = polygon_targets if isinstance(masks, Polygons) else bitmask_targets
+        crops.append(make(b, masks, idx, size))
     if not crops:
         return torch.zeros((0, size, size), dtype=torch.float32, device=boxes[0].device if boxes else None)
-    return (torch.cat(crops) >= 0.5).float()
+    return torch.cat(crops).float()
 
 
 class DetectronRoIHeads(RoIHeads):
@@ -76,7 +77,7 @@ class DetectronRoIHeads(RoIHeads):
         loss_box = box_regression_loss(fg_deltas, targets[fg], self.smooth_l1_beta) / max(labels.numel(), 1)
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box * self.box_loss_weight}
 
-    def mask_loss(self, logits: Tensor, boxes: list[Tensor], gt_masks: list[Tensor],
+    def mask_loss(self, logits: Tensor, boxes: list[Tensor], gt_masks: list[Tensor | Polygons],
                   matched: list[Tensor], labels: Tensor) -> Tensor:
         if logits.shape[0] == 0:
             return logits.sum() * 0
