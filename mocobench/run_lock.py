@@ -96,14 +96,14 @@ def run_folder(folder: str | os.PathLike, command: str, discard_new_on_failure: 
     if not _is_lock_owner():
         yield folder
         return
+    records = run_records(folder) if fresh else []
+    if records and not overwrite:  # refused before the lock is taken: not a byte of the folder changes
+        raise UserError(f"{folder}: holds a run ({', '.join(records)}); pass --resume to continue it, "
+                        "or --overwrite to move it aside and start afresh")
     created = ensure_folder(folder)
     fd = acquire(folder, command)
-    records = run_records(folder) if fresh else []
     if records:
         os.close(fd)
-        if not overwrite:
-            raise UserError(f"{folder}: holds a run ({', '.join(records)}); pass --resume to continue it, "
-                            "or --overwrite to move it aside and start afresh")
         print(f"{folder}: the run it held is moved to {move_aside(folder, 'replaced')}", flush=True)
         created = ensure_folder(folder)
         fd = acquire(folder, command)

@@ -31,15 +31,22 @@ def run_here(argv: Sequence, capsys) -> Outcome:
     return Outcome(code, out, err)
 
 
+LOCK_FILES = {".lock", ".run-all.lock"}  # they record who last held the folder, not a result
+
+
 def snapshot(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
-    """path -> sha256 of every file under ``paths`` (folders included as entries)."""
+    """path -> sha256 of every file under ``paths`` (folders included as entries; a lock file
+    counts by its presence alone)."""
     state: dict[str, str] = {}
     for root in map(Path, paths):
         if not root.exists():
             state[str(root)] = "absent"
             continue
         for p in sorted([root, *root.rglob("*")] if root.is_dir() else [root]):
-            state[str(p)] = "folder" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_dir() or p.name in LOCK_FILES:
+                state[str(p)] = "present"
+            else:
+                state[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return state
 
 

@@ -18,7 +18,7 @@ from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.digests import write_digests
 from mocobench.run_lock import run_folder
-from mocobench.transfer.config import detection_defaults, load_detection_config
+from mocobench.transfer.config import detection_defaults, load_detection_config, validate_detection_config
 from mocobench.transfer.run_digests import job_digests, refuse_changed_resume
 
 ENGINES = ("torchvision", "detectron2")
@@ -58,6 +58,7 @@ def load_job_config(args: argparse.Namespace):
         cfg.MODEL.WEIGHTS = args.weights
     if args.seed is not None:
         cfg.SEED = args.seed
+        validate_detection_config(cfg, f"{args.config} + --seed")
     return cfg
 
 
