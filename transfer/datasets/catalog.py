@@ -4,7 +4,9 @@
 (voc_2007_trainval, voc_2012_trainval, voc_2007_test, ...); the COCO names read
 ``<root>/coco/{<split><year>,annotations/instances_<split><year>.json}``. The root is the
 ``data_root`` argument, else ``$DETECTRON2_DATASETS``, else ``datasets`` (detectron2's rule),
-so a tree prepared for detectron2 works unchanged with both engines.
+so a tree prepared for detectron2 works unchanged with both engines. ``check_images`` also
+holds each image's header to the size its annotation gives (as detectron2 does when it reads
+the image) and returns what loading dropped or changed, for the run's metadata.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mocobench import UserError
-from mocobench.transfer.datasets.coco import coco_metadata, coco_records, read_coco_api
-from mocobench.transfer.datasets.voc import load_voc_instances, voc_class_names
+from mocobench.transfer.datasets.coco import coco_metadata, load_coco_records, read_coco_api
+from mocobench.transfer.datasets.voc import load_voc_split, voc_class_names
+
+Records = list[dict[str, Any]]
+Counts = dict[str, int]  # what loading dropped or changed, by kind (empty: nothing)
 
 VOC_BUILTIN = ("voc_2007_trainval", "voc_2007_train", "voc_2007_val", "voc_2007_test",
                "voc_2012_trainval", "voc_2012_train", "voc_2012_val")
@@ -42,7 +47,7 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
 
 
 def _resolve(name: str, data_root: str | os.PathLike | None
-             ) -> tuple[dict[str, Any], Callable[[], list[dict[str, Any]]]]:
+             ) -> tuple[dict[str, Any], Callable[[], tuple[Records, Counts]]]:
     """(metadata, a loader of the records): metadata alone stays cheap."""
     root = resolve_data_root(data_root)
     voc = VOC_NAME.match(name)
@@ -55,13 +60,13 @@ def _resolve(name: str, data_root: str | os.PathLike | None
         meta = {"thing_classes": classes, "evaluator_type": "pascal_voc",
                 "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(classes))},
                 "dirname": str(dirname), "year": year, "split": split}
-        return meta, lambda: load_voc_instances(dirname, split, classes)
+        return meta, lambda: load_voc_split(dirname, split, classes)
     if name in COCO_BUILTIN:
         image_root, json_file = (str((root / p).resolve()) for p in COCO_BUILTIN[name])
         api = read_coco_api(json_file)
         meta = {**coco_metadata(api), "evaluator_type": "coco", "json_file": json_file,
                 "image_root": image_root}
-        return meta, lambda: coco_records(api, json_file, image_root)
+        return meta, lambda: load_coco_records(api, json_file, image_root)
     raise UserError(f"unknown dataset {name!r}: expected voc_<year>_<split> or one of "
                     f"{', '.join(COCO_BUILTIN)}")
 
@@ -73,22 +78,38 @@ def get_metadata(name: str, data_root: str | os.PathLike | None = None) -> dict[
 def get_dataset(name: str, data_root: str | os.PathLike | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     meta, load = _resolve(name, data_root)
-    return load(), meta
+    return load()[0], meta
 
 
-def check_images(name: str, data_root: str | os.PathLike | None = None) -> None:
-    """Every image of the dataset exists and has a readable header (cheap: no pixels are
-    decoded), so a damaged file stops a job before training rather than after it."""
+def annotation_file(record: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The file that gave the record its size: its VOC XML, or the COCO JSON."""
+    if meta["evaluator_type"] == "pascal_voc":
+        return str(Path(meta["dirname"]) / "Annotations" / f"{record['image_id']}.xml")
+    return meta["json_file"]
+
+
+def check_images(name: str, data_root: str | os.PathLike | None = None) -> Counts:
+    """Every image of the dataset exists, has a readable header (cheap: no pixels are
+    decoded) and the size its annotation gives, so a damaged file stops a job before
+    training rather than after it. Returns the dataset's counts of what loading changed."""
     from PIL import Image
 
-    for record in get_dataset(name, data_root)[0]:
+    meta, load = _resolve(name, data_root)
+    records, counts = load()
+    for record in records:
         path = record["file_name"]
         try:
-            with Image.open(path):
-                pass
+            with Image.open(path) as im:
+                size = im.size
         except (OSError, ValueError, SyntaxError) as e:
             reason = str(e).replace(f"'{path}'", "").replace(str(path), "").strip() or type(e).__name__
             raise UserError(f"{path}: cannot read image ({name}: {reason})") from None
+        # exact, as detectron2's check_image_size: boxes are in the annotation's pixel frame
+        if size != (record["width"], record["height"]):
+            raise UserError(f"{path}: image is {size[0]}x{size[1]} (width x height) but the annotation file "
+                            f"gives {record['width']:g}x{record['height']:g} ({annotation_file(record, meta)}); "
+                            f"they must match")
+    return counts
 
 
 def get_datasets(names: Sequence[str], data_root: str | os.PathLike | None = None
@@ -107,4 +128,4 @@ def get_datasets(names: Sequence[str], data_root: str | os.PathLike | None = Non
         if meta["thing_classes"] != first["thing_classes"]:
             raise UserError(f"dataset {name!r} has classes {meta['thing_classes']} but {names[0]!r} "
                             f"has {first['thing_classes']}: they cannot be trained together")
-    return [r for _, load in resolved for r in load()], {**first, "names": list(names)}
+    return [r for _, load in resolved for r in load()[0]], {**first, "names": list(names)}

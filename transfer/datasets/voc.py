@@ -10,11 +10,14 @@ per line, in contiguous-id order); without that file the 20 VOC classes apply.
 
 Boxes: ``xmax < xmin`` (or ``ymax < ymin``) is an error naming the file; a box reaching
 outside the image is clipped to it and counted in one warning per load (real VOC has a few
-boxes on the border), unless nothing is left after clipping, which is an error.
+boxes on the border), unless nothing is left after clipping, which is an error. An image id
+listed twice in a split file (its objects would count twice) and a number in the XML that is
+not finite are errors too; docs/DATA_CHECKS.md lists every check.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -53,10 +56,18 @@ def read_split(dirname: str | os.PathLike, split: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise UserError(f"{path}: split file not found (splits here: {', '.join(available) or 'none'})")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:  # else a VOC07+12 job would silently train on one year alone
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if image_id in first_line:  # its objects would count twice, lowering AP
+            raise UserError(f"{path}:{number}: image id {image_id!r} is listed twice (lines "
+                            f"{first_line[image_id]} and {number}); list each image once")
+        first_line[image_id] = number
+    if not first_line:  # else a VOC07+12 job would silently train on one year alone
         raise UserError(f"{path}: split file lists no images")
-    return ids
+    return list(first_line)
 
 
 def _text(node: ET.Element, tag: str, file: Path) -> str:
@@ -69,9 +80,12 @@ def _text(node: ET.Element, tag: str, file: Path) -> str:
 def _number(node: ET.Element, tag: str, file: Path) -> float:
     text = _text(node, tag, file)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UserError(f"{file}: <{tag}> is not a number: {text!r}") from None
+    if not math.isfinite(value):  # float() reads 'nan' and 'inf'
+        raise UserError(f"{file}: <{tag}> is not a finite number: {text!r}")
+    return value
 
 
 def parse_annotation(file: Path, class_names: Sequence[str]) -> tuple[dict[str, Any], int]:
@@ -84,8 +98,8 @@ def parse_annotation(file: Path, class_names: Sequence[str]) -> tuple[dict[str, 
     if size is None:
         raise UserError(f"{file}: no <size>")
     width, height = _number(size, "width", file), _number(size, "height", file)
-    if width <= 0 or height <= 0:
-        raise UserError(f"{file}: image size {width:g}x{height:g} is not positive")
+    if width <= 0 or height <= 0 or not (width.is_integer() and height.is_integer()):
+        raise UserError(f"{file}: image size {width:g}x{height:g} is not positive whole numbers of pixels")
     class_ids = {name: i for i, name in enumerate(class_names)}
     annotations, clipped = [], 0
     for index, obj in enumerate(root.findall("object")):
@@ -122,6 +136,12 @@ def parse_annotation(file: Path, class_names: Sequence[str]) -> tuple[dict[str, 
 def load_voc_instances(dirname: str | os.PathLike, split: str,
                        class_names: Sequence[str]) -> list[dict[str, Any]]:
     """All images of one split, in the order of the split file."""
+    return load_voc_split(dirname, split, class_names)[0]
+
+
+def load_voc_split(dirname: str | os.PathLike, split: str, class_names: Sequence[str]
+                   ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(records of one split, counts of what loading changed), warning once when it changed any."""
     dirname = Path(dirname).resolve()
     records, clipped, first_clipped = [], 0, None
     split_file = dirname / "ImageSets" / "Main" / f"{split}.txt"
@@ -140,4 +160,4 @@ def load_voc_instances(dirname: str | os.PathLike, split: str,
     if clipped:
         warnings.warn(f"{dirname} ({split}): clipped {clipped} box(es) reaching outside their "
                       f"image to the image, first in {first_clipped}", stacklevel=2)
-    return records
+    return records, ({"boxes_clipped": clipped} if clipped else {})

@@ -91,6 +91,7 @@ class DetectionTrainer:
             print("transfer: SOLVER.AMP.ENABLED needs CUDA; training in float32 on cpu", flush=True)
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
         self.init: Optional[BackboneInit] = None
+        self.skipped_empty = 0  # training images without annotations, left out
 
     # ---- set-up ------------------------------------------------------------------------
     def build(self, weights: str, with_init: bool) -> DetectronRCNN:
@@ -126,14 +127,29 @@ class DetectionTrainer:
         mdist.barrier()
 
     # ---- training ----------------------------------------------------------------------
-    def train(self, model: DetectronRCNN, resume: bool) -> int:
-        cfg, s = self.cfg, self.cfg.SOLVER
+    def training_records(self) -> list[dict]:
+        """The images training reads; refused when they cannot fill one batch."""
+        cfg = self.cfg
         records, meta = get_datasets(list(cfg.DATASETS.TRAIN), self.data_root)
         self.check_classes(meta, cfg.DATASETS.TRAIN)
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            records = [r for r in records if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
+            kept = [r for r in records if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
+            self.skipped_empty = len(records) - len(kept)
+            if self.skipped_empty and self.main:
+                print(f"transfer: DATASETS.TRAIN: skipped {self.skipped_empty} of {len(records)} images without "
+                      f"annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS), as detectron2 does", flush=True)
+            records = kept
         if not records:
             raise UserError(f"{list(cfg.DATASETS.TRAIN)}: no training images with annotations")
+        # the processes share one stream of the images: a global batch larger than them repeats images in a step
+        if len(records) < cfg.SOLVER.IMS_PER_BATCH:
+            raise UserError(f"{self.config_path}: DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)}: {len(records)} images "
+                            f"give no full batch of SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} "
+                            f"(images with annotations, over {self.world} process(es)); use at most {len(records)}")
+        return records
+
+    def train(self, model: DetectronRCNN, resume: bool, records: list[dict]) -> int:
+        cfg, s = self.cfg, self.cfg.SOLVER
         optimizer = build_optimizer(cfg, model)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         start = 0
@@ -254,8 +270,12 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
     job = DetectionTrainer(cfg, out_dir, data_root, config_path)
     if not cfg.DATASETS.TEST:
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
+    checks = {}  # what loading each dataset dropped or changed, kept in the run's metadata
     for name in list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN)):
-        check_images(name, data_root)  # a missing or unreadable image fails before anything runs
+        checks[name] = check_images(name, data_root)  # a missing or unreadable image fails before anything runs
+    records = None if eval_only else job.training_records()
+    if job.skipped_empty:
+        checks["DATASETS.TRAIN"] = {"images_without_annotations_skipped": job.skipped_empty}
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:
         cfg.SEED = load_detection_config(stored).SEED
@@ -273,7 +293,7 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
             write_text(out_dir / "config.yaml", cfg.dump())
             if job.scaled:
                 write_json(out_dir / "autoscale.json", job.scaled)
-        iteration = job.train(model, resume)
+        iteration = job.train(model, resume, records)
     results = job.evaluate(model)
     if not job.main:
         return None
@@ -283,6 +303,8 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
         "dataset": cfg.DATASETS.TEST[0], "max_iter": iteration, "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "base_lr": cfg.SOLVER.BASE_LR, "world_size": job.world, "time_s": round(time.perf_counter() - t0, 1),
         "eval_only": eval_only}}
+    if any(checks.values()):
+        metrics["meta"]["data_checks"] = {name: counts for name, counts in checks.items() if counts}
     if len(results) > 1:
         metrics["datasets"] = results
     write_json(out_dir / "metrics.json", metrics)
