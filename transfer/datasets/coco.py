@@ -80,19 +80,17 @@ def _check_bbox(i: int, bbox: Any, img: dict, json_file: Path) -> None:
             and bbox[2] >= 0 and bbox[3] >= 0):
         raise UserError(f"{json_file}: annotations[{i}] has an invalid bbox {bbox!r} "
                         f"(want 4 finite numbers x, y, w>=0, h>=0)")
-    if _overlap(bbox, img) is None:
+    if _outside(bbox, img):
         raise UserError(f"{json_file}: annotations[{i}] lies outside its {img['width']}x{img['height']} "
                         f"image {img['id']!r}: bbox {bbox!r}; no detection can match it")
 
 
-def _overlap(bbox: list[float], img: dict) -> tuple[float, float] | None:
-    """The box's extent inside the image, None when it has none (a zero-size box may touch it)."""
+def _outside(bbox: list[float], img: dict) -> bool:
+    """No part of the box inside the image (a zero-size box may still touch its border)."""
     x, y, w, h = bbox
     ix = min(x + w, img["width"]) - max(x, 0.0)
     iy = min(y + h, img["height"]) - max(y, 0.0)
-    if ix < 0 or iy < 0 or (w > 0 and ix == 0) or (h > 0 and iy == 0):
-        return None
-    return ix, iy
+    return ix < 0 or iy < 0 or (w > 0 and ix == 0) or (h > 0 and iy == 0)
 
 
 def _check_segmentation(i: int, segm: Any, json_file: Path) -> None:
