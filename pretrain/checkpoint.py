@@ -65,10 +65,19 @@ def read_resume_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def refuse_divergence(loss: torch.Tensor, iteration: int, out_dir: Path) -> None:
-    """Stop at the first non-finite loss, before a NaN checkpoint is written over a good one."""
+def refuse_divergence(loss: torch.Tensor, iteration: int, out_dir: Path, model: torch.nn.Module | None = None
+                      ) -> None:
+    """Stop at the first non-finite loss (or, before a save, non-finite ``model`` weights: the
+    step after a finite loss can still blow them up), so no NaN checkpoint replaces a good one."""
+    what = None
     if not bool(torch.isfinite(loss.detach())):
-        raise UserError(f"{out_dir}: training diverged at iteration {iteration} (loss {loss.item()}); "
+        what = f"loss {loss.item()}"
+    elif model is not None:
+        bad = next((k for k, v in model.state_dict().items()
+                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        what = bad and f"{bad} is not finite"
+    if what:
+        raise UserError(f"{out_dir}: training diverged at iteration {iteration} ({what}); "
                         "no checkpoint was written from it: lower SOLVER.BASE_LR or check the data, "
                         "then --resume from the last good checkpoint")
 

@@ -122,7 +122,7 @@ def train_classifier(cfg: CfgNode, net: nn.Module, params: Iterable[nn.Parameter
             best, best_epoch = acc, epoch
         net.train(not frozen_trunk)
         log.write(iter=iteration, epoch=epoch, val_top1=acc)
-        checkpoint.refuse_divergence(loss, iteration, out_dir)  # a NaN loss means NaN weights: keep the last good file
+        checkpoint.refuse_divergence(loss, iteration, out_dir, net)  # keep the last good file
         if main:
             checkpoint.save(out_dir, "checkpoint_last.pth.tar", {
                 "epoch": epoch, "iteration": iteration, "state_dict": net.state_dict(),

@@ -23,8 +23,9 @@ from mocobench.progress import JsonlLog, Progress
 from mocobench.pretrain import checkpoint
 from mocobench.pretrain.augment import moco_transform
 from mocobench.pretrain.config import resnet_shape
-from mocobench.pretrain.data import ImageDataset, ResumableSampler, list_images, make_loader, user_errors_from_workers
-from mocobench.pretrain.knn import evaluate as knn_evaluate
+from mocobench.pretrain.data import (ImageDataset, ResumableSampler, labelled_splits, list_images, make_loader,
+                                    user_errors_from_workers)
+from mocobench.pretrain.knn import check_ks, evaluate as knn_evaluate
 from mocobench.pretrain.mechanisms import build_model
 from mocobench.pretrain.moco import Contrastive, instance_accuracy, key_similarity
 from mocobench.pretrain.schedule import learning_rate
@@ -83,6 +84,8 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
     world, main = mdist.world_size(), mdist.is_main()
     per_rank = check_batch(cfg, world)
     samples = list_images(cfg.DATA.PATH)
+    if cfg.KNN.DATA:  # the monitor's data and k checked now, not after the first epochs of training
+        check_ks(list(cfg.KNN.K), len(labelled_splits(cfg.KNN.DATA)[0]), Path(cfg.KNN.DATA) / "train")
     on_gpu = device.type == "cuda"
     amp, channels_last = on_gpu and cfg.TRAIN.AMP, on_gpu and cfg.TRAIN.CHANNELS_LAST
 
@@ -125,7 +128,7 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
     progress = Progress("pretrain", total, start=iteration, enabled=main)
 
     def save(name: str, ep: int, pos: int) -> Path:
-        checkpoint.refuse_divergence(loss, iteration, out_dir)  # a NaN loss means NaN weights: keep the last good file
+        checkpoint.refuse_divergence(loss, iteration, out_dir, moco)  # keep the last good file
         path = out_dir / name
         if main:
             path = checkpoint.save(out_dir, name, _state(cfg, moco, optimizer, scaler, ep, pos, iteration))

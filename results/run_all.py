@@ -32,13 +32,13 @@ from pathlib import Path
 
 from mocobench import UserError
 from mocobench.atomic import write_json
-from mocobench.run_lock import move_aside, run_folders
+from mocobench.run_lock import move_aside, run_folders, run_records
 from mocobench.results.plan import (DONE, NEW, STALE, PlannedRun, changed_inputs, expand, reference_world_size,
                                     scaling_overrides)
 from mocobench.transfer.config import load_detection_config
 from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
                                       transfer_argv)
-from mocobench.results.runs import read_metrics
+from mocobench.results.runs import check_metrics, read_metrics
 from mocobench.results.tables import add_trials_argument, load_inits, resolve_tables
 
 LAUNCHERS = ("local", "torchrun", "slurm")
@@ -108,6 +108,8 @@ def plan(job: PlannedRun, world: int, engine: str) -> str:
     state = job.state
     if state != NEW:
         job.stale = changed_inputs(job, world, engine)
+    elif run_records(job.run_dir):  # a metrics.json that is no trained result: transfer would refuse the folder
+        job.stale = [check_metrics(job.run_dir, job.table.metrics)[1]]
     if state == DONE and not job.stale:
         return state
     cfg = load_detection_config(job.config)

@@ -263,3 +263,20 @@ def test_an_unexpected_error_is_one_line_with_its_traceback_kept(tmp_path, capsy
     assert "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
     log.unlink()
     assert np.isfinite(0.0)
+
+
+def test_pretrain_monitor_k_above_its_train_images_is_refused_before_training(inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = pretrain_argv(inputs, out, "KNN.DATA", inputs["labelled"], "KNN.K", "(200,)")
+    assert_refused(argv, "KNN.K 200 > 16 train images", capsys, untouched=[out])
+
+
+def test_training_that_diverges_stops_before_a_checkpoint(inputs, tmp_path, capsys):
+    """A learning rate of 1e30 blows the weights up within a step or two: the run stops, naming
+    the iteration, and every checkpoint it left holds finite weights."""
+    out = tmp_path / "run"
+    outcome = run_here(pretrain_argv(inputs, out, "SOLVER.BASE_LR", "1e30", "SOLVER.EPOCHS", "1"), capsys)
+    assert outcome.code == 2 and "training diverged at iteration" in outcome.stderr, outcome.stderr
+    for path in out.glob("checkpoint_*"):
+        state = torch.load(path, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path

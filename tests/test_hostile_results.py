@@ -214,7 +214,9 @@ def test_run_all_dry_run_does_not_count_an_eval_only_result_as_done(tmp_path, ca
     out = run_here(["run-all", "--dry-run", "--tables", table, "--inits", tmp_path / "inits.yaml",
                     "--output", root], capsys)
     assert out.code == 0, out
-    assert re.search(r"^new +t/moco/seed0 ", out.stdout, re.M) and re.search(r"^done +t/moco/seed1$", out.stdout, re.M)
+    # started afresh, the eval-only folder moved aside (a plain transfer would refuse to replace it)
+    assert re.search(r"^stale +t/moco/seed0 +\(changed: metrics.json holds eval-only numbers", out.stdout, re.M)
+    assert re.search(r"^done +t/moco/seed1$", out.stdout, re.M)
 
 
 def test_collate_skips_an_eval_only_result_naming_why(tmp_path, capsys):
