@@ -39,10 +39,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line too (argparse would print the whole usage above it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser; only the chosen subcommand's module is imported (each pulls in torch,
     pycocotools, pandas ...), so ``mocobench --help`` and every subprocess start fast."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mocobench",
         description="MoCo pretraining and detection-transfer benchmarks: pretrain -> convert -> "
                     "detect (VOC / COCO) -> paper-format tables.",

@@ -35,7 +35,8 @@ from fvcore.common.config import CfgNode
 
 from mocobench import UserError
 from mocobench.atomic import write_json, write_text
-from mocobench.config import load_config, load_defaults
+from mocobench.atomic import ensure_folder
+from mocobench.config import Rule, at_least, check_rules, load_config, load_defaults
 from mocobench.digests import text_digest
 from mocobench.machine import describe
 from mocobench.progress import format_seconds
@@ -243,18 +244,22 @@ def _run_commands(commands: Sequence[Command], env: dict[str, str]) -> Command |
     return None
 
 
+# the settings' ranges, checked before the output folder is made
+RULES = {"SEED": at_least(0), "TRIALS": at_least(1), "NUM_THREADS": at_least(1), "PARALLEL": at_least(1),
+         "DATA_SCALE": Rule(lambda v: v in ("demo", "tiny"), "demo or tiny")}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.engine == "detectron2":  # before the data and pretraining tasks, not after them
         from mocobench.transfer.engines.detectron2 import require_detectron2
 
         require_detectron2()
     cfg = load_config(load_defaults(DEFAULTS_FILE), args.config, args.opts)
+    check_rules(cfg, RULES, args.config or DEFAULTS_FILE)
     out = Path(args.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     threads = str(cfg.NUM_THREADS)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    if cfg.TRIALS < 1 or cfg.PARALLEL < 1:
-        raise UserError(f"TRIALS and PARALLEL must be >= 1, got {cfg.TRIALS} and {cfg.PARALLEL}")
     machine = describe(cfg.NUM_THREADS)
     print(f"[demo] {machine['cpu']}, {machine['threads']} threads: sgemm {machine['sgemm_gflops']:.0f} GFLOP/s "
           "(demo seconds x GFLOP/s compares times across machines)", flush=True)

@@ -95,8 +95,19 @@ def _validate(cfg: CfgNode, path: Path) -> None:
                         f"({len(cfg.METRICS)}), got {len(cfg.PAPER.COLUMNS)}")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def add_trials_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, metavar="N",
+    p.add_argument("--trials", type=positive_int, metavar="N",
                    help="trials (seeds 0..N-1) per init instead of each table's TRIALS")
 
 
