@@ -1,8 +1,8 @@
 """Backbone checkpoints <-> detectron2-layout weights, checked against a real ResNet.
 
-Every init (MoCo pretraining output or the authors' release, torchvision supervised weights,
-MSRA / detectron2 ``.pkl``) becomes one detectron2-named file, so both detection engines
-read the same thing. Alongside the weights, ``__mocobench__`` records what they expect
+Every init (MoCo pretraining output or the authors' release, torchvision / timm supervised
+weights, any self-supervised framework in ``checkpoint_layouts``, MSRA / detectron2 ``.pkl``)
+becomes one detectron2-named file, so both detection engines read the same thing. Alongside the weights, ``__mocobench__`` records what they expect
 (channel order, pixel mean/std, STRIDE_IN_1X1, depth and width) so a job can check its
 config against its init. The name mapping is ``mocobench.resnet``'s; the check builds that
 module's ResNet at the inferred shape and demands every key and shape, so a checkpoint
@@ -23,12 +23,15 @@ import torch.nn as nn
 from mocobench import UserError
 from mocobench.resnet import D2_BLOCK, ResNetShape, build_resnet, d2_to_tv, infer_shape, tv_to_d2
 from mocobench.transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
-from mocobench.checkpoints import check_weights, is_moco, read_checkpoint, trunk_weights, weights_dict
-from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, INPUT_FORMATS, MOCO_QUERY_PREFIX, RGB_IMAGENET
+from mocobench.checkpoints import check_weights, read_checkpoint, weights_dict
+from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, INPUT_FORMATS, RGB_IMAGENET
+from mocobench.transfer.checkpoint_layouts import LAYOUTS
+from mocobench.transfer.trunk_select import select_trunk
+from mocobench.transfer.untrained import untrained_reason
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("moco", "torchvision", "detectron2")
+FORMATS = ("detectron2", *(layout.name for layout in LAYOUTS))
 AUTHOR = "mocobench"
 META_KEY = "__mocobench__"
 # __author__ values of detectron2 files converted from torchvision-trained weights
@@ -50,29 +53,38 @@ class Converted:
         return {"model": self.model, "__author__": AUTHOR, "matching_heuristics": True, META_KEY: self.meta}
 
 
-def convert_checkpoint(path: str | Path, fmt: str = "auto") -> Converted:
-    """Read any supported backbone checkpoint and return validated detectron2 weights."""
+def convert_checkpoint(path: str | Path, fmt: str = "auto", *, key: Optional[str] = None,
+                       encoder: Optional[str] = None, allow_untrained: bool = True) -> Converted:
+    """Read any supported backbone checkpoint and return validated detectron2 weights.
+
+    ``fmt`` forces a layout (``FORMATS``), ``key`` ('a/b') the nested dict holding the state
+    dict, ``encoder`` one of a layout's candidate encoders. An untrained-looking trunk is an
+    error unless ``allow_untrained`` (the convert command's default is False; jobs reading
+    weights only note it).
+    """
     path = Path(path)
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"{path}: unknown format {fmt!r} (choose auto or one of {', '.join(FORMATS)})")
     obj = read_checkpoint(path)
     if not isinstance(obj, Mapping):
         raise UserError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
-    detected = detect_format(path, obj)
-    if fmt == "auto":
-        fmt, how = detected, "auto-detected"
-    elif fmt != detected:
-        raise UserError(f"{path}: --format {fmt} given, but the file looks like {detected} weights")
-    else:
-        how = "as given"
-    notes = [f"format: {fmt} ({how})"]
-    if fmt == "detectron2":
+    d2 = key is None and encoder is None and _is_detectron2(obj)
+    if fmt == "detectron2" and not d2:
+        if key is not None or encoder is not None:
+            raise UserError(f"{path}: --key / --encoder do not apply to detectron2 files")
+        raise UserError(f"{path}: --format detectron2 given, but the file looks like "
+                        f"{select_trunk(path, obj).chosen.layout.name} weights")
+    if d2 and fmt not in ("auto", "detectron2"):
+        raise UserError(f"{path}: --format {fmt} given, but the file looks like detectron2 weights")
+    if d2:
+        notes = [f"format: detectron2 ({'auto-detected' if fmt == 'auto' else 'as given'})"]
         model, dropped, conventions = _from_detectron2(path, obj, notes)
     else:
-        trunk, ignored = trunk_weights(obj)
-        model, dropped = _rename(trunk, tv_to_d2)
-        dropped += ignored
-        conventions = {"source_format": fmt, **RGB_IMAGENET}
+        selection = select_trunk(path, obj, fmt, key, encoder)
+        notes = selection.notes
+        model, fc = _rename(selection.chosen.trunk, tv_to_d2)
+        dropped = fc + selection.dropped
+        conventions = {"source_format": selection.chosen.layout.name, **selection.chosen.layout.conventions}
     model = {k: _as_array(path, k, v) for k, v in model.items()}
     check_weights(model, path)
     shape = infer_shape(path, model)
@@ -81,9 +93,14 @@ def convert_checkpoint(path: str | Path, fmt: str = "auto") -> Converted:
                  if k in conventions and conventions[k] != getattr(shape, k)]
     if conflicts:
         raise UserError(f"{path}: {META_KEY} metadata contradicts the weights: {', '.join(conflicts)}")
+    untrained = untrained_reason(model)
+    if untrained and not allow_untrained:
+        raise UserError(f"{path}: {untrained}")
+    if untrained:
+        notes.append("warning: " + untrained.split(";")[0])
     meta = {**conventions, **shape.as_dict()}
     notes.append(f"shape: R{shape.depth}, stem {shape.stem_out_channels}, res2 {shape.res2_out_channels}, "
-                 f"{shape.num_groups}x{shape.width_per_group} per group")
+                 f"{shape.num_groups}x{shape.width_per_group} per group; all {len(model)} trunk tensors matched once")
     notes.append(f"expects: {meta['input_format']}, mean {meta['pixel_mean']}, std {meta['pixel_std']}, "
                  f"STRIDE_IN_1X1 {meta['stride_in_1x1']}")
     return Converted(model, meta, dropped, notes)
@@ -101,20 +118,12 @@ def load_detectron2_weights(path: str | Path) -> tuple[dict[str, np.ndarray], di
     return converted.model, converted.meta
 
 
-def detect_format(path: Path, obj: Mapping) -> str:
-    """Which of FORMATS ``obj`` is, from its layout and parameter names."""
-    if is_moco(obj):
-        return "moco"
+def _is_detectron2(obj: Mapping) -> bool:
+    """A detectron2 / MSRA file: Caffe2 blobs, or detectron2 backbone names (stem.*, res2.0.*)."""
     if "blobs" in obj:
-        return "detectron2"
+        return True
     names = [str(k).removeprefix(DDP_PREFIX) for k in weights_dict(obj)]
-    if any(n.startswith("stem.") or D2_BLOCK.match(n) for n in names) or looks_like_caffe2(names):
-        return "detectron2"
-    if "conv1.weight" in names or any(n.startswith("layer1.") for n in names):
-        return "torchvision"
-    shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
-    raise UserError(f"{path}: not a ResNet checkpoint: no MoCo (state_dict/{MOCO_QUERY_PREFIX}*), torchvision "
-                    f"(conv1.weight, layer1.*) or detectron2 (stem.*, res2.*) keys; found: {shown or 'none'}")
+    return any(n.startswith("stem.") or D2_BLOCK.match(n) for n in names) or looks_like_caffe2(names)
 
 
 def _rename(weights: Mapping, rename: Callable[[str], Optional[str]]) -> tuple[dict, list[str]]:

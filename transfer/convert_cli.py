@@ -1,22 +1,23 @@
 """Convert a ResNet backbone checkpoint to detectron2 weights (.pkl) for detection transfer.
 
-Reads, by auto-detection or --format:
-  moco         MoCo repository layout: {'state_dict': {'module.encoder_q.*': ...}, ...}
-               (our pretraining output and the MoCo authors' releases). The v1 fc / v2 MLP
-               projection head is dropped; encoder_k, queue and optimizer state are ignored.
-  torchvision  a torchvision ResNet state dict, bare or under 'state_dict' / 'model',
-               with or without DDP's 'module.' prefix (supervised ImageNet weights, our
-               supervised trainer's output). The fc classifier is dropped.
-  detectron2   a detectron2 .pkl/.pth ({'model': {...}}, numpy arrays or tensors), or a
-               Caffe2/MSRA .pkl (res2_0_branch2a_w names, e.g. ImageNetPretrained/MSRA/R-50.pkl),
-               validated and passed through.
+Reads, by auto-detection or --format, the layouts of transfer/checkpoint_layouts.py
+(torchvision, timm, MoCo v1/v2/v3, DINO, VISSL, mmselfsup / mmpretrain, solo-learn and other
+Lightning modules, lightly, BYOL, SwAV, VICReg, Barlow Twins, SimSiam, DenseCL, PixPro) and
+detectron2 files (a detectron2 .pkl/.pth, or a Caffe2/MSRA .pkl with res2_0_branch2a_w names).
+The layout whose trunk prefix matches the most ResNet parameters wins; --key names the nested
+dict holding the state dict ('a/b'), --encoder one of two encoders in one file (DINO's student /
+teacher must be chosen; MoCo, BYOL and the momentum methods default to the encoder their own
+export takes, said in the output). Heads and projectors are dropped; any other key left out
+is listed.
 
 Depth and width are inferred from the tensor shapes and checked against mocobench's
-ResNet of that shape: any key that does not map, a missing key or a wrong shape is an
-error and nothing is written. The output records what the weights expect under
-'__mocobench__': RGB + ImageNet mean/std + STRIDE_IN_1X1 False for moco/torchvision
-sources; a detectron2 file keeps its own record, else RGB if its __author__ is MOCO or
-torchvision, otherwise (MSRA, Caffe2, unknown) BGR + caffe mean, std 1, STRIDE_IN_1X1 True.
+ResNet of that shape: every trunk parameter must be matched exactly once with the right
+shape, else it is an error naming what is missing and nothing is written. A trunk whose BN
+layers are all at their initial state is refused as untrained unless --allow-untrained.
+The output records what the weights expect under '__mocobench__': RGB + ImageNet mean/std +
+STRIDE_IN_1X1 False for every framework layout; a detectron2 file keeps its own record, else
+RGB if its __author__ is MOCO or torchvision, otherwise (MSRA, Caffe2, unknown) BGR + caffe
+mean, std 1, STRIDE_IN_1X1 True. Every detection job checks its config against that record.
 """
 
 from __future__ import annotations
@@ -31,20 +32,29 @@ from mocobench.transfer.convert import FORMATS, convert_checkpoint, group_keys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", type=Path,
-                        help="backbone checkpoint (.pth, .pth.tar, .pkl)")
+                        help="backbone checkpoint (.pth, .pth.tar, .ckpt, .torch, .pkl)")
     parser.add_argument("output", metavar="OUTPUT.pkl", type=Path,
                         help="where to write the detectron2 weights (written atomically; must end in .pkl, "
                              "which detectron2 reads with pickle)")
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
                         help="layout of INPUT (default: auto, detected from its keys; a given format "
                              "that does not match the file is an error)")
+    parser.add_argument("--key", metavar="PATH",
+                        help="the nested dict holding the state dict, keys joined by '/' "
+                             "(e.g. teacher, state_dict_ema, classy_state_dict/base_model/model/trunk)")
+    parser.add_argument("--encoder", metavar="NAME",
+                        help="which encoder of a file holding two (e.g. teacher / student, query / key, "
+                             "online / target, model / ema); the error for such a file names them")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="convert a trunk whose BN layers are all at their initial state (a random init)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.output.suffix != ".pkl":
         raise UserError(f"{args.output}: output must end in .pkl (detectron2 reads .pkl with pickle)")
     check_file_target(args.output)
-    converted = convert_checkpoint(args.input, args.format)
+    converted = convert_checkpoint(args.input, args.format, key=args.key, encoder=args.encoder,
+                                   allow_untrained=args.allow_untrained)
     for line in converted.notes:
         print(line)
     if converted.dropped:
