@@ -27,7 +27,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from mocobench import UserError
 from mocobench.atomic import ensure_folder, stale_temp_files
@@ -62,8 +62,11 @@ def _holder(fd: int) -> str:
     return text or "another process (starting up)"
 
 
-def acquire(folder: Path, command: str, lock_file: str = LOCK_FILE) -> int:
-    """The open, locked lock file's descriptor; UserError naming the holder if it is taken."""
+def acquire(folder: Path, command: str, lock_file: str = LOCK_FILE, refuse: Callable[[], None] | None = None
+            ) -> int:
+    """The open, locked lock file's descriptor; UserError naming the holder if it is taken.
+    ``refuse`` runs once the lock is held, before the holder is recorded: if it raises, the lock
+    is released and the folder left as it was."""
     fd = os.open(folder / lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,6 +75,12 @@ def acquire(folder: Path, command: str, lock_file: str = LOCK_FILE) -> int:
         os.close(fd)
         raise UserError(f"{folder}: in use by {holder}; one process per run folder "
                         "(wait for it, or give another output folder)") from None
+    if refuse is not None:
+        try:
+            refuse()
+        except BaseException:
+            os.close(fd)
+            raise
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} (mocobench {command}, "
@@ -97,11 +106,14 @@ def run_folder(folder: str | os.PathLike, command: str, discard_new_on_failure: 
         yield folder
         return
     records = run_records(folder) if fresh else []
-    if records and not overwrite:  # refused before the lock is taken: not a byte of the folder changes
-        raise UserError(f"{folder}: holds a run ({', '.join(records)}); pass --resume to continue it, "
-                        "or --overwrite to move it aside and start afresh")
+
+    def refuse() -> None:  # under the lock (a running job is named as such), before a byte changes
+        if records and not overwrite:
+            raise UserError(f"{folder}: holds a run ({', '.join(records)}); pass --resume to continue it, "
+                            "or --overwrite to move it aside and start afresh")
+
     created = ensure_folder(folder)
-    fd = acquire(folder, command)
+    fd = acquire(folder, command, refuse=refuse)
     if records:
         os.close(fd)
         print(f"{folder}: the run it held is moved to {move_aside(folder, 'replaced')}", flush=True)

@@ -81,10 +81,6 @@ def validate_mechanism(cfg: CfgNode, source: str | os.PathLike) -> None:
     if c.MECHANISM == "end_to_end" and c.K != batch:
         raise UserError(f"{source}: MOCO.K {c.K} must equal SOLVER.BATCH_SIZE {batch} with MOCO.MECHANISM "
                         "end_to_end (its dictionary is the current batch)")
-    if not 0.0 <= c.BANK_MOMENTUM < 1.0:
-        raise UserError(f"{source}: MOCO.BANK_MOMENTUM must be in [0, 1), got {c.BANK_MOMENTUM}")
-    if not 0.0 <= c.M <= 1.0:
-        raise UserError(f"{source}: MOCO.M must be in [0, 1], got {c.M}")
 
 
 def resnet_shape(cfg: CfgNode) -> ResNetShape:

@@ -13,11 +13,10 @@ import torch
 
 from engine_fixtures import DEMO, TINY
 from hostile import assert_refused, run_here
-from mocobench.resnet import ResNetShape, build_resnet
+
 from mocobench.transfer.datasets.synth import write_synthetic
 from pretrain_tiny import write_images, write_labelled, write_tiny_config
 
-TINY_SHAPE = ResNetShape(50, 8, 16, 4)  # the trunk of engine_fixtures.TINY and pretrain_tiny
 
 # (key, value) pairs each outside what the key allows; the refusal must name the key
 PRETRAIN_BAD = [
@@ -212,8 +211,16 @@ def test_resume_from_a_damaged_checkpoint_names_it(inputs, tmp_path, capsys, dam
     assert str(path) in outcome.stderr
 
 
-def damaged_trunk(path: Path, damage: str) -> Path:
-    state = build_resnet(TINY_SHAPE).state_dict()
+def trained_trunk(inputs: dict) -> dict[str, torch.Tensor]:
+    """The query encoder of the fixture's pretraining run, as a torchvision state dict (trained:
+    a fresh network's would be refused as untrained before any damage is looked at)."""
+    state = torch.load(inputs["run"] / "checkpoint_0001.pth.tar", weights_only=False)["state_dict"]
+    prefix = "module.encoder_q."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def damaged_trunk(path: Path, damage: str, inputs: dict) -> Path:
+    state = trained_trunk(inputs)
     if damage == "nan":
         state["layer2.0.conv2.weight"][0, 0, 0, 0] = float("nan")
     elif damage == "inf":
@@ -233,7 +240,7 @@ DAMAGES = {"nan": "holds NaN", "inf": "holds NaN or infinite", "int": "not float
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("command", ["convert", "transfer --weights", "lincls --weights"])
 def test_damaged_weights_are_named(inputs, tmp_path, capsys, damage, command):
-    weights = damaged_trunk(tmp_path / "w.pth.tar", damage)
+    weights = damaged_trunk(tmp_path / "w.pth.tar", damage, inputs)
     out = tmp_path / "out"
     argv = {"convert": ["convert", weights, out / "w.pkl"],
             "transfer --weights": transfer_argv(inputs, out, "--weights", weights),
@@ -245,7 +252,7 @@ def test_damaged_weights_are_named(inputs, tmp_path, capsys, damage, command):
 def test_unwritable_folder_is_one_line(inputs, tmp_path, capsys):
     """/sys refuses new files even to root, as a read-only or foreign folder would."""
     weights = tmp_path / "w.pth"
-    torch.save(build_resnet(TINY_SHAPE).state_dict(), weights)
+    torch.save(trained_trunk(inputs), weights)
     assert_refused(["convert", weights, "/sys/mocobench-test.pkl"], "cannot be written", capsys)
 
 

@@ -131,12 +131,11 @@ DEMO = ROOT / "configs" / "pretrain" / "moco_v2_demo.yaml"
     (["MOCO.MECHANISM", "end_to_end"], "MOCO.K 1024 must equal SOLVER.BATCH_SIZE 64 with MOCO.MECHANISM end_to_end"),
     (["MOCO.K", "100"], "MOCO.K 100 is not divisible by the global batch SOLVER.BATCH_SIZE 64"),
     (["MOCO.MECHANISM", "queue"], "MOCO.MECHANISM must be one of moco, end_to_end, memory_bank, got 'queue'"),
-    (["MOCO.MECHANISM", "memory_bank", "MOCO.BANK_MOMENTUM", "1.0"], "MOCO.BANK_MOMENTUM must be in [0, 1)"),
+    (["MOCO.MECHANISM", "memory_bank", "MOCO.BANK_MOMENTUM", "1.0"], "MOCO.BANK_MOMENTUM 1.0 is not allowed: must be in [0, 1)"),
 ])
 def test_k_constraints_fail_at_config_load_naming_the_file_and_key(overrides, message):
-    cfg = load_pretrain_config(DEMO, overrides)
-    with pytest.raises(UserError) as err:
-        validate_mechanism(cfg, DEMO)
+    with pytest.raises(UserError) as err:  # ranges at load, the dictionary's constraints just after
+        validate_mechanism(load_pretrain_config(DEMO, overrides), DEMO)
     assert str(err.value).startswith(f"{DEMO}: ") and message in str(err.value) and "\n" not in str(err.value)
 
 
