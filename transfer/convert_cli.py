@@ -72,5 +72,8 @@ def _summary(keys: list[str], limit: int = 12) -> list[str]:
         by_module.setdefault(".".join(head[:2]) if len(head) > 3 else key, []).append(key)
     lines = []
     for head, members in by_module.items():
-        lines += group_keys(members) if len(members) <= 4 else [f"{head}.* ({len(members)} keys)"]
+        if len(members) > 4:
+            lines.append(f"{head}.* ({len(members)} keys)")
+        else:
+            lines += [k for k in members if "." not in k] + group_keys([k for k in members if "." in k])
     return lines[:limit] + ([f"... (+{len(lines) - limit} more)"] if len(lines) > limit else [])

@@ -70,7 +70,7 @@ class Selection:
     def dropped(self) -> list[str]:
         mine = set(self.chosen.sources.values())
         other = sorted({s for c in self.others for s in (*c.sources.values(), *c.under)} - mine)
-        return [self.chosen.relative(k) for k in self.chosen.under] + other + self.heads + self.extras
+        return other + self.heads + self.extras
 
 
 def select_trunk(path: Path, obj: Mapping, fmt: str = "auto", key: Optional[str] = None,
@@ -131,7 +131,7 @@ def _choose(path: Path, layout: Layout, found: list[Candidate], encoder: Optiona
         left = sorted({c.encoder for c in others if not c.same_tensors(chosen)})
         notes.append(f"encoder: {chosen.encoder} ({chosen.where}; {how})"
                      + (f"; left out: {', '.join(left)}" if left else ""))
-    heads, extras = _leftovers(layout, chosen, others)
+    heads, extras = _leftovers(path, layout, chosen, others)
     if extras:
         notes.append(f"{len(extras)} keys that are neither trunk nor a known head or projector, left out: "
                      + ", ".join(extras[:8]) + (f" ... (+{len(extras) - 8} more)" if len(extras) > 8 else ""))
@@ -177,18 +177,25 @@ def _read(path: Path, layout: Layout, encoder: str, spec: Spec, state: Mapping) 
     return Candidate(layout, encoder, spec, state, trunk, sources, under)
 
 
-def _leftovers(layout: Layout, chosen: Candidate, others: list[Candidate]) -> tuple[list[str], list[str]]:
-    """(known heads, the rest) of the chosen state dict's keys outside every encoder."""
-    prefixes = [DDP_PREFIX + c.spec[1] for c in (chosen, *others) if c.state is chosen.state and c.spec[1]]
-    used = set(chosen.sources.values()) | {s for c in others if c.state is chosen.state for s in c.sources.values()}
-    heads, extras = [], []
+def _leftovers(path: Path, layout: Layout, chosen: Candidate, others: list[Candidate]) -> tuple[list[str], list[str]]:
+    """(known heads, the rest) of the chosen state dict's keys outside every encoder's trunk, and of
+    the keys under the chosen prefix that are not trunk (named without the prefix)."""
     known = layout.heads + COMMON_HEADS
-    for raw in chosen.state:
-        k = str(raw)
-        if k in used or k.startswith(tuple(prefixes)) or k.removeprefix(DDP_PREFIX).startswith(
-                tuple(p.removeprefix(DDP_PREFIX) for p in prefixes)):
-            continue
+    same = [c for c in others if c.state is chosen.state]
+    for spec in layout.encoders[chosen.encoder]:  # the same module registered twice (BYOL's net, DenseCL's encoder_q.0)
+        if spec[1] and spec[1] != chosen.spec[1]:
+            alias = _read(path, layout, chosen.encoder, (chosen.spec[0], spec[1]), chosen.state)
+            if alias.score and alias.same_tensors(chosen):
+                same.append(alias)
+    prefixes = tuple(c.spec[1] for c in (chosen, *same) if c.spec[1])
+    used = set(chosen.sources.values()) | {s for c in same for s in (*c.sources.values(), *c.under)}
+    heads, extras = [], []
+    for k in [str(k) for k in chosen.state if str(k) not in used]:
         bare = k.removeprefix(DDP_PREFIX)
+        if k in chosen.under:
+            bare = chosen.relative(k)
+        elif bare.startswith(prefixes):
+            continue
         (heads if bare.startswith(known) or bare.endswith("num_batches_tracked") else extras).append(bare)
     return heads, extras
 
