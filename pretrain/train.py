@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mocobench import UserError, __version__
 from mocobench import dist as mdist
+from mocobench import preempt
 from mocobench.atomic import write_text
 from mocobench.checkpoints import last_checkpoint
 from mocobench.progress import JsonlLog, Progress
@@ -137,6 +138,7 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
 
     final = out_dir / f"checkpoint_{cfg.SOLVER.EPOCHS:04d}.pth.tar"
     loss = torch.zeros(())  # the latest loss, checked before each save
+    preempt.install()  # under the SLURM launcher: its signals save and stop (mocobench/preempt.py)
     moco.train()
     while epoch < cfg.SOLVER.EPOCHS:
         lr = learning_rate(cfg, epoch)
@@ -166,14 +168,19 @@ def pretrain(cfg: CfgNode, out_dir: Path, resume: bool) -> Path:
                 period = cfg.CHECKPOINT.PERIOD_ITERS
                 if period and iteration % period == 0 and position < iters_per_epoch:
                     save("checkpoint_last.pth.tar", epoch, position)
+                if position < iters_per_epoch and preempt.requested(device):
+                    preempt.stop("pretrain", save("checkpoint_last.pth.tar", epoch, position), iteration)
         epoch, position = epoch + 1, 0
         knn_period = cfg.KNN.PERIOD_EPOCHS
         if cfg.KNN.DATA and (epoch == cfg.SOLVER.EPOCHS or (knn_period and epoch % knn_period == 0)):
             if main:
                 log.write(iter=iteration, epoch=epoch, **knn_evaluate(moco.encoder_q, cfg, cfg.KNN.DATA, device))
             mdist.barrier()
+        stopping = epoch < cfg.SOLVER.EPOCHS and preempt.requested(device)
         if epoch == cfg.SOLVER.EPOCHS or epoch % cfg.CHECKPOINT.PERIOD_EPOCHS == 0:
-            save(f"checkpoint_{epoch:04d}.pth.tar", epoch, 0)
-        elif cfg.CHECKPOINT.PERIOD_ITERS:
-            save("checkpoint_last.pth.tar", epoch, 0)
+            saved = save(f"checkpoint_{epoch:04d}.pth.tar", epoch, 0)
+        elif cfg.CHECKPOINT.PERIOD_ITERS or stopping:
+            saved = save("checkpoint_last.pth.tar", epoch, 0)
+        if stopping:
+            preempt.stop("pretrain", saved, iteration)
     return final

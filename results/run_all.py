@@ -36,8 +36,8 @@ from mocobench.run_lock import move_aside, run_folders, run_records
 from mocobench.results.plan import (DONE, NEW, STALE, PlannedRun, changed_inputs, expand, reference_world_size,
                                     scaling_overrides)
 from mocobench.transfer.config import load_detection_config
-from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, torchrun_argv,
-                                      transfer_argv)
+from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, live_job,
+                                      torchrun_argv, transfer_argv)
 from mocobench.results.runs import check_metrics, read_metrics
 from mocobench.results.tables import add_trials_argument, load_inits, resolve_tables
 
@@ -67,12 +67,19 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=int(os.environ.get("MOCOBENCH_GPUS", 0)) or None,
                    help="GPUs (DDP processes) per node; torchrun default: all visible, slurm default: 8 "
                         "[env MOCOBENCH_GPUS]")
+    p.add_argument("--tasks-per-node", type=int, default=int(os.environ.get("MOCOBENCH_TASKS_PER_NODE", 0)) or None,
+                   metavar="N", help="DDP processes per node (torchrun, slurm); default: --gpus, 1 with --gpus 0 "
+                                     "(a CPU job: N > 1 is an N-rank gloo run) [env MOCOBENCH_TASKS_PER_NODE]")
     p.add_argument("--nodes", type=int, default=int(os.environ.get("MOCOBENCH_NODES", 1)),
                    help="nodes per job (slurm only) [env MOCOBENCH_NODES, default 1]")
     p.add_argument("--partition", default=os.environ.get("MOCOBENCH_PARTITION", ""),
                    help="SLURM partition [env MOCOBENCH_PARTITION; default: the cluster's]")
     p.add_argument("--time", type=int, default=int(os.environ.get("MOCOBENCH_TIME_MIN", 24 * 60)),
                    metavar="MIN", help="SLURM time limit per job in minutes [env MOCOBENCH_TIME_MIN, default 1440]")
+    p.add_argument("--signal-delay", type=int, default=int(os.environ.get("MOCOBENCH_SIGNAL_DELAY_S", 120)),
+                   metavar="S", help="slurm: SLURM warns a job S seconds before its time limit; the job then saves a "
+                                     "checkpoint and is requeued, resuming from it [env MOCOBENCH_SIGNAL_DELAY_S, "
+                                     "default 120]")
     p.add_argument("--cpus-per-task", type=int, default=int(os.environ.get("MOCOBENCH_CPUS_PER_TASK", 10)),
                    help="SLURM CPUs per GPU task (data loading) [env MOCOBENCH_CPUS_PER_TASK, default 10]")
     p.add_argument("--output", default="output", metavar="DIR", help="root of the run folders (default: output)")
@@ -87,18 +94,32 @@ def world_size(args: argparse.Namespace) -> int:
     if args.launcher == "local":
         if args.gpus and args.gpus > 1:
             raise UserError(f"--gpus {args.gpus}: the local launcher runs one process; use --launcher torchrun")
+        if args.tasks_per_node and args.tasks_per_node > 1:
+            raise UserError(f"--tasks-per-node {args.tasks_per_node}: the local launcher runs one process; "
+                            "use --launcher torchrun")
         return 1
-    return gpus_per_node(args) * (args.nodes if args.launcher == "slurm" else 1)
+    for flag, value, least in (("--gpus", args.gpus, 0), ("--tasks-per-node", args.tasks_per_node, 1),
+                               ("--nodes", args.nodes, 1), ("--time", args.time, 1),
+                               ("--cpus-per-task", args.cpus_per_task, 1), ("--signal-delay", args.signal_delay, 1)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} {value}: must be at least {least}")
+    return tasks_per_node(args) * (args.nodes if args.launcher == "slurm" else 1)
 
 
 def gpus_per_node(args: argparse.Namespace) -> int:
-    if args.gpus:
+    """GPUs per node: --gpus (0: CPU jobs), else 8 on SLURM, else all visible here."""
+    if args.gpus is not None:
         return args.gpus
     if args.launcher == "slurm":
         return 8
     import torch
 
     return max(1, torch.cuda.device_count())
+
+
+def tasks_per_node(args: argparse.Namespace) -> int:
+    """DDP processes per node: --tasks-per-node, else one per GPU, else (CPU) one."""
+    return args.tasks_per_node or gpus_per_node(args) or 1
 
 
 def plan(job: PlannedRun, world: int, engine: str) -> str:
@@ -136,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return 0
         for job, spec in specs:
+            if job.stale and args.launcher == "slurm" and (live := live_job(job.run_dir)):
+                raise UserError(f"{job.run_dir}: SLURM job {live['job_id']} still runs it with the old inputs "
+                                f"({', '.join(job.stale)}); wait for it or scancel {live['job_id']}, then re-run")
             if job.stale and job.run_dir.exists():
                 print(f"{job.name}: inputs changed ({', '.join(job.stale)}); old run moved to "
                       f"{move_aside(job.run_dir, 'stale')}")
@@ -179,10 +203,10 @@ def launch(args: argparse.Namespace, specs: list[LaunchSpec], output: Path, worl
     if not specs:
         return {}
     if args.launcher == "slurm":
-        gpus = gpus_per_node(args)
-        params = ClusterParams(nodes=args.nodes, gpus_per_node=gpus, tasks_per_node=gpus,
-                               timeout_min=args.time, cpus_per_task=args.cpus_per_task,
-                               partition=args.partition)
+        params = ClusterParams(nodes=args.nodes, gpus_per_node=gpus_per_node(args),
+                               tasks_per_node=tasks_per_node(args), timeout_min=args.time,
+                               cpus_per_task=args.cpus_per_task, partition=args.partition,
+                               signal_delay_s=args.signal_delay)
         return launch_submitit(specs, params, output / ".submitit")
     return launch_local(specs, args.parallel)
 

@@ -19,6 +19,7 @@ from fvcore.common.config import CfgNode
 
 from mocobench import UserError
 from mocobench import dist as mdist
+from mocobench import preempt
 from mocobench.atomic import torch_save, write_json, write_text
 from mocobench.checkpoints import check_weights, last_checkpoint, point_to, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
@@ -186,6 +187,7 @@ class DetectionTrainer:
                                              # the global RNG would shift proposal sampling on resume
                                              generator=torch.Generator().manual_seed(cfg.SEED))
         progress = Progress("transfer", s.MAX_ITER, start=start, enabled=self.main)
+        preempt.install()
         model.train()
         t_last = time.perf_counter()
         for it, batch in zip(range(start, s.MAX_ITER), loader):
@@ -216,10 +218,15 @@ class DetectionTrainer:
             # detectron2's hook order: precise BN, then the checkpoint (which keeps its statistics), then evaluation
             if evaluate and cfg.TEST.PRECISE_BN.ENABLED:
                 self.precise_bn(model, batches, done // period - 1)
-            if s.CHECKPOINT_PERIOD > 0 and done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER:
+            saved = s.CHECKPOINT_PERIOD > 0 and done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER
+            if saved:
                 self.save(f"model_{it:07d}.pth", model, optimizer, scaler, done)
             if evaluate:
                 log.write(iter=it, eval=self.evaluate(model))
+            if done < s.MAX_ITER and preempt.requested(self.device):  # SLURM's signals (mocobench/preempt.py)
+                if not saved:
+                    self.save(f"model_{it:07d}.pth", model, optimizer, scaler, done)
+                preempt.stop("transfer", self.out / f"model_{it:07d}.pth", done)
         if cfg.TEST.PRECISE_BN.ENABLED:
             self.precise_bn(model, batches, precise_bn_rounds(cfg) - 1)
         if self.world > 1:  # evidence that the ranks' BN statistics agree (checkpoints hold rank 0's)
