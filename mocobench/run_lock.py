@@ -20,6 +20,7 @@ before anything in it can be resumed, so a refused input leaves no half-made run
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -42,6 +43,13 @@ RUN_RECORDS = (LAST_CHECKPOINT, "metrics.json")
 def run_records(folder: Path) -> list[str]:
     """The records of a run that ``folder`` holds (none: nothing a fresh run would destroy)."""
     return [name for name in RUN_RECORDS if (folder / name).exists()]
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``, the way to start afresh in a folder that ``run_folder(fresh=True)`` refuses."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the output folder holds a run and this is not a resume: move that run aside "
+                             "(to <folder>.replaced-<time>) and start afresh; without it such a folder is refused")
 
 
 def move_aside(folder: Path, why: str) -> Path:

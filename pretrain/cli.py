@@ -25,7 +25,7 @@ from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.pretrain.config import load_pretrain_config, validate_mechanism
 from mocobench.pretrain.train import pretrain
-from mocobench.run_lock import run_folder
+from mocobench.run_lock import add_overwrite_argument, run_folder
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
@@ -36,9 +36,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in the output directory "
                              "(named by its last_checkpoint file); starts fresh if there is none")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="the output directory holds a run and this is not a resume: move that run aside "
-                             "(to <dir>.replaced-<time>) and start afresh; without it such a folder is refused")
+    add_overwrite_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. SOLVER.EPOCHS 10")
 
 

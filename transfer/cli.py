@@ -17,7 +17,7 @@ from pathlib import Path
 from mocobench import UserError
 from mocobench import dist as mdist
 from mocobench.digests import write_digests
-from mocobench.run_lock import run_folder
+from mocobench.run_lock import add_overwrite_argument, run_folder
 from mocobench.transfer.config import detection_defaults, load_detection_config, validate_detection_config
 from mocobench.transfer.run_digests import job_digests, refuse_changed_resume
 
@@ -34,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="overrides SEED; -1 draws one and records it in config.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the run dir's last checkpoint (start fresh if it has none)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="the run dir holds a run and this is not a resume: move that run aside "
-                             "(to <dir>.replaced-<time>) and start afresh; without it such a folder is refused")
+    add_overwrite_argument(parser)
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate without training: the run dir's last checkpoint with --resume, else the "
                         "weights (an init .pkl gives the before-training numbers)")
