@@ -237,3 +237,34 @@ def test_cli_writes_the_conventions_and_names_the_encoder(tmp_path, capsys):
         written = pickle.load(f)
     assert written["__mocobench__"] == {"source_format": "dino", **RGB_IMAGENET, **SHAPE.as_dict()}
     assert written["model"].keys() == {tv_to_d2(k) for k in TRUNK}
+
+
+@pytest.mark.slow
+def test_third_party_layout_end_to_end(tmp_path, cli):
+    """A DINO checkpoint -> convert -> run-all (beside a supervised init) -> collate -> audit, tiny scale."""
+    import json
+
+    from engine_fixtures import write_tiny_config
+    from mocobench.transfer.datasets.synth import write_synthetic
+
+    torch.save(layouts()["dino"][0], tmp_path / "dino.pth")
+    torch.save(trunk_weights(3), tmp_path / "sup.pth")
+    assert main(["convert", str(tmp_path / "dino.pth"), str(tmp_path / "dino.pkl"), "--encoder", "teacher"]) == 0
+    assert main(["convert", str(tmp_path / "sup.pth"), str(tmp_path / "sup.pkl")]) == 0
+    write_synthetic(tmp_path / "data", 0, "tiny")
+    write_tiny_config(tmp_path / "det.yaml")
+    (tmp_path / "tiny.yaml").write_text("CONFIG: {RGB: det.yaml}\nTRIALS: 2\nMETRICS: [bbox/AP50]\n")
+    inits = tmp_path / "inits.yaml"
+    inits.write_text("supervised: {weights: sup.pkl}\ndino: {weights: dino.pkl}\n")  # format read from the .pkl
+    out = tmp_path / "out"
+    res = cli("run-all", "--tables", tmp_path / "tiny.yaml", "--inits", inits, "--output", out,
+              "--data-root", tmp_path / "data")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = cli("collate", out, "--out", tmp_path / "report", "--inits", inits, "--tables", tmp_path / "tiny.yaml")
+    assert res.returncode == 0 and "dino" in (tmp_path / "report" / "report.md").read_text(), res.stderr
+    res = cli("audit", "--candidate", out / "tiny" / "dino", "--baseline", out / "tiny" / "supervised",
+              "--json", tmp_path / "audit.json")
+    assert res.returncode in (0, 1), res.stdout + res.stderr
+    verdicts = {m["metric"]: m for m in json.loads((tmp_path / "audit.json").read_text())["metrics"]}
+    assert verdicts["bbox/AP50"]["n_candidate"] == verdicts["bbox/AP50"]["n_baseline"] == 2
+    assert verdicts["bbox/AP50"]["verdict"] in ("better", "worse", "within noise")

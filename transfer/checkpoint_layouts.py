@@ -138,7 +138,7 @@ LAYOUTS: tuple[Layout, ...] = (
            reads="DenseCL: state_dict backbone. (= encoder_q.0.)"),
     # PixPro: zdaxie/PixPro main_pretrain.py saves {'opt', 'model': DDP PixPro (encoder,
     # encoder_k, projector(_k), predictor, value_transform), 'optimizer', 'scheduler', 'epoch'};
-    # transfer/detection/convert_pretrain_to_d2.py (read) keeps 'module.encoder.'.
+    # zdaxie/PixPro/transfer/detection/convert_pretrain_to_d2.py (read) keeps 'module.encoder.'.
     Layout("pixpro", {"encoder": ((MODEL, "encoder."),), "key": ((MODEL, "encoder_k."),)}, default="encoder",
            markers=("projector_k.", "value_transform."),
            heads=("projector.", "projector_k.", "predictor.", "value_transform."),

@@ -109,12 +109,13 @@ def convert_checkpoint(path: str | Path, fmt: str = "auto", *, key: Optional[str
 def load_detectron2_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     """(detectron2-named backbone arrays, ``__mocobench__`` metadata) of any supported file.
 
-    A converted .pkl passes straight through; a MoCo or torchvision checkpoint is
-    converted on the fly, so MODEL.WEIGHTS may name either.
+    A converted .pkl passes straight through; a checkpoint of any layout is converted on the
+    fly (auto-detected; an untrained-looking trunk is a warning here, not an error), so
+    MODEL.WEIGHTS may name either.
     """
     converted = convert_checkpoint(path)
     for line in converted.notes:
-        log.info("%s: %s", path, line)
+        log.log(logging.WARNING if line.startswith("warning: ") else logging.INFO, "%s: %s", path, line)
     return converted.model, converted.meta
 
 

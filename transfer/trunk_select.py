@@ -47,6 +47,10 @@ class Candidate:
         """``key`` without the DDP prefix and this encoder's prefix (module.encoder_q.fc.0.weight -> fc.0.weight)."""
         return key.removeprefix(DDP_PREFIX).removeprefix(self.spec[1])
 
+    def qualified(self, key: str, chosen: "Candidate") -> str:
+        """``key`` named with the path to its state dict when that is not ``chosen``'s (student/module.backbone.x)."""
+        return key if self.state is chosen.state else "/".join(self.spec[0]) + "/" + key
+
     @property
     def score(self) -> int:
         return len(self.trunk)
@@ -69,7 +73,8 @@ class Selection:
     @property
     def dropped(self) -> list[str]:
         mine = set(self.chosen.sources.values())
-        other = sorted({s for c in self.others for s in (*c.sources.values(), *c.under)} - mine)
+        other = sorted({c.qualified(s, self.chosen) for c in self.others for s in (*c.sources.values(), *c.under)}
+                       - mine)
         return other + self.heads + self.extras
 
 
