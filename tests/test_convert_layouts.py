@@ -137,7 +137,7 @@ def test_default_encoder_is_said_and_the_other_can_be_chosen(tmp_path):
     path = tmp_path / "moco.pth.tar"
     torch.save(layouts()["moco"][0], path)
     converted = convert_checkpoint(path)
-    assert any(n.startswith("encoder: query (module.encoder_q.*") or n.startswith("encoder: query (state_dict/")
+    assert any(n.startswith("encoder: query (state_dict/module.encoder_q.*; what moco's own export takes")
                for n in converted.notes), converted.notes
     assert any("module.encoder_k." in k for k in converted.dropped)
     assert_is(convert_checkpoint(path, encoder="key"), OTHER)
@@ -150,8 +150,8 @@ def test_student_and_teacher_must_be_chosen(tmp_path):
     torch.save(layouts()["dino"][0], path)
     with pytest.raises(UserError) as e:
         convert_checkpoint(path)
-    assert "2 candidate encoders: teacher (teacher/backbone.*" in str(e.value)
-    assert "student (student/backbone.*" in str(e.value) and "--encoder teacher|student" in str(e.value)
+    assert "2 candidate encoders: teacher (teacher/module.backbone.*, 318 tensors)" in str(e.value)
+    assert "student (student/module.backbone.*" in str(e.value) and "--encoder teacher|student" in str(e.value)
     assert_is(convert_checkpoint(path, encoder="student"), OTHER)
     assert_is(convert_checkpoint(path, key="teacher"), TRUNK)
 
@@ -168,10 +168,24 @@ def test_timm_ema_is_a_second_candidate(tmp_path):
         convert_checkpoint(path, key="ema")
 
 
+def test_other_depths_convert_alike(tmp_path):
+    torch.manual_seed(4)
+    net = build_resnet(ResNetShape(18, 8, 8, 8))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+    trunk = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": {**under("module.encoder.", trunk), **under("module.predictor.", HEAD)}},
+               tmp_path / "simsiam_r18.pth")
+    converted = convert_checkpoint(tmp_path / "simsiam_r18.pth", allow_untrained=False)
+    assert converted.meta["depth"] == 18 and converted.meta["source_format"] == "simsiam"
+    assert_is(converted, trunk)
+
+
 def test_two_layouts_with_different_trunks_are_refused(tmp_path):
     path = tmp_path / "both.pth"
     torch.save({"state_dict": {**under("module.encoder_q.", TRUNK), **under("backbone.", OTHER)}}, path)
-    with pytest.raises(UserError, match=r"layouts holding different trunks: .*moco \(state_dict/encoder_q\.\*\)"
+    with pytest.raises(UserError, match=r"layouts holding different trunks: .*moco \(state_dict/module\.encoder_q\.\*\)"
                                         r".*choose one with --format"):
         convert_checkpoint(path)
     assert_is(convert_checkpoint(path, "moco"), TRUNK)
@@ -231,7 +245,8 @@ def test_cli_writes_the_conventions_and_names_the_encoder(tmp_path, capsys):
     assert "--encoder teacher|student" in capsys.readouterr().err
     assert main(["convert", str(path), str(tmp_path / "dino.pkl"), "--encoder", "teacher"]) == 0
     printed = capsys.readouterr().out
-    assert "format: dino (auto-detected)" in printed and "encoder: teacher (teacher/backbone.*; as given)" in printed
+    assert "format: dino (auto-detected)" in printed
+    assert "encoder: teacher (teacher/module.backbone.*; as given)" in printed
     assert "expects: RGB" in printed
     with open(tmp_path / "dino.pkl", "rb") as f:
         written = pickle.load(f)

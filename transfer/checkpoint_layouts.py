@@ -134,7 +134,8 @@ LAYOUTS: tuple[Layout, ...] = (
     # encoder_k = Sequential(backbone, neck), self.backbone = encoder_q[0] (so 'backbone.' and
     # 'encoder_q.0.' hold the same tensors), queue, queue2; its extract tool keeps 'backbone.'.
     Layout("densecl", {"query": ((SD, "backbone."), (SD, "encoder_q.0.")), "key": ((SD, "encoder_k.0."),)},
-           default="query", markers=("queue2", "queue2_ptr"), heads=("encoder_q.", "head.", "queue", "queue_ptr", "queue2"),
+           default="query", markers=("queue2", "queue2_ptr"),
+           heads=("encoder_q.", "head.", "queue", "queue_ptr", "queue2"),
            reads="DenseCL: state_dict backbone. (= encoder_q.0.)"),
     # PixPro: zdaxie/PixPro main_pretrain.py saves {'opt', 'model': DDP PixPro (encoder,
     # encoder_k, projector(_k), predictor, value_transform), 'optimizer', 'scheduler', 'epoch'};

@@ -2,7 +2,8 @@
 
 Every init (MoCo pretraining output or the authors' release, torchvision / timm supervised
 weights, any self-supervised framework in ``checkpoint_layouts``, MSRA / detectron2 ``.pkl``)
-becomes one detectron2-named file, so both detection engines read the same thing. Alongside the weights, ``__mocobench__`` records what they expect
+becomes one detectron2-named file, so both detection engines read the same thing.
+Alongside the weights, ``__mocobench__`` records what they expect
 (channel order, pixel mean/std, STRIDE_IN_1X1, depth and width) so a job can check its
 config against its init. The name mapping is ``mocobench.resnet``'s; the check builds that
 module's ResNet at the inferred shape and demands every key and shape, so a checkpoint

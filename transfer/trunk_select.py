@@ -40,7 +40,10 @@ class Candidate:
 
     @property
     def where(self) -> str:
+        """Where its trunk sits, as found: 'state_dict/module.encoder_q.*'."""
         path, prefix = self.spec
+        if self.sources and all(s.startswith(DDP_PREFIX + prefix) for s in self.sources.values()):
+            prefix = DDP_PREFIX + prefix
         return "/".join(path) + ("/" if path else "") + f"{prefix}*"
 
     def relative(self, key: str) -> str:
