@@ -59,5 +59,7 @@ def stop(command: str, checkpoint: Path, iteration: int) -> NoReturn:
         name = signal.Signals(_received[0]).name if _received else "signal on another rank"
         print(f"{command}: {name}: saved {checkpoint} at iteration {iteration}; "
               f"stopping to be requeued (continue with --resume)", flush=True)
+    for sig in SIGNALS:  # a late repeat must not end the exit with the signal's status
+        signal.signal(sig, signal.SIG_IGN)
     mdist.cleanup()
     raise SystemExit(EXIT_SAVED)

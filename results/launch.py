@@ -121,6 +121,27 @@ def _ignore_stop_signals() -> None:  # in the child before exec: until its loop 
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _tolerate_requeued() -> None:
+    """submitit's requeue after checkpoint() (``scontrol requeue``) fails when SLURM requeued the
+    job already (preemption or an ``scontrol requeue`` landing with the time-limit warning):
+    then there is nothing to do, not an error that would end the job as failed."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    original = SlurmJobEnvironment._requeue
+    if getattr(original, "tolerant", False):
+        return
+
+    def requeue(self, countdown: int) -> None:
+        try:
+            original(self, countdown)
+        except subprocess.CalledProcessError:
+            if slurm_state(self.job_id) in LIVE_STATES - {"RUNNING"}:
+                return
+            raise
+    requeue.tolerant = True
+    SlurmJobEnvironment._requeue = requeue
+
+
 class Finished:
     """The requeued submission of a job whose command finished as the allocation ended."""
 
@@ -146,6 +167,7 @@ class DistributedTask:
         import submitit
 
         env = submitit.JobEnvironment()
+        _tolerate_requeued()
         port = 10000 + int("".join(c for c in str(env.job_id) if c.isdigit()) or 0) % 20000
         ddp = {"RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank),
                "WORLD_SIZE": str(env.num_tasks), "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
@@ -175,10 +197,13 @@ class DistributedTask:
         proc, rc = DistributedTask.running, None
         if proc is not None:
             deadline = time.time() + self.save_s
-            while (rc := _exit_status(proc.pid)) is None and time.time() < deadline:
+            while rc is None and (rc := _exit_status(proc.pid)) is None and time.time() < deadline:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGUSR2)
-                time.sleep(0.5)
+                for _ in range(4):
+                    if (rc := _exit_status(proc.pid)) is not None:
+                        break
+                    time.sleep(0.5)
             if rc is None:
                 proc.kill()
         if rc == 0:
@@ -243,6 +268,12 @@ def sbatch_refusal(error: BaseException, params: ClusterParams) -> UserError:
     return UserError(f"sbatch refused the job ({asked}): {said} -- check {flag}")
 
 
+def signal_delay(params: ClusterParams) -> int:
+    """The warning's lead, at most 3/4 of the time limit: a warning at the start would reach the
+    job's processes before they handle it (and end them)."""
+    return max(1, min(params.signal_delay_s, params.timeout_min * 45))
+
+
 def make_executor(params: ClusterParams, folder: Path, cluster: str | None = None):
     import submitit
 
@@ -253,7 +284,7 @@ def make_executor(params: ClusterParams, folder: Path, cluster: str | None = Non
     if params.gpus_per_node:  # --gpus 0: a CPU job asks for no gres at all
         executor.update_parameters(gpus_per_node=params.gpus_per_node)
     if executor.cluster == "slurm":
-        executor.update_parameters(slurm_signal_delay_s=params.signal_delay_s)
+        executor.update_parameters(slurm_signal_delay_s=signal_delay(params))
     if params.partition:
         executor.update_parameters(slurm_partition=params.partition)
     return executor
@@ -265,7 +296,7 @@ def submit(executor, spec: LaunchSpec, params: ClusterParams):
     import submitit
 
     executor.update_parameters(name=spec.name.replace("/", "."))
-    task = DistributedTask(spec.argv, spec.run_dir / LOG_FILE, save_s=max(10, params.signal_delay_s - 15))
+    task = DistributedTask(spec.argv, spec.run_dir / LOG_FILE, save_s=max(10, signal_delay(params) - 15))
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             return executor.submit(task)
