@@ -214,7 +214,10 @@ def test_scontrol_requeue_mid_job_saves_and_resumes_to_the_same_metrics(slurm, d
 @pytest.mark.slurm
 def test_two_task_job_is_one_two_rank_ddp_run_like_torchrun(slurm, det, tmp_path):
     two = ["--gpus", "0", "--tasks-per-node", "2"]
-    on_slurm = start(run_all_argv(det, "tiny", tmp_path / "slurm", *CPU_JOB, "--tasks-per-node", "2"))
+    # the warning 20 s before the limit: a busy machine can take over 15 s to start the two tasks
+    # interpreters, and a warning before submitit's handler is in place kills them
+    on_slurm = start(run_all_argv(det, "tiny", tmp_path / "slurm", *CPU_JOB, "--tasks-per-node", "2",
+                                  "--signal-delay", "20"))
     torchrun = run(run_all_argv(det, "tiny", tmp_path / "torchrun", "--launcher", "torchrun", *two))
     stdout, _ = on_slurm.communicate(timeout=600)
     assert on_slurm.returncode == 0 and "world size 2" in stdout, stdout
@@ -265,5 +268,34 @@ def test_pretrain_job_requeued_mid_run_resumes_to_the_same_weights(slurm, tmp_pa
     a, b = (torch.load(d / "checkpoint_0020.pth.tar", map_location="cpu", weights_only=False)
             for d in (tmp_path / "straight", cut))
     assert a["iteration"] == b["iteration"] == 60
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+@pytest.mark.slurm
+@pytest.mark.slow  # about a minute: run with -m slow
+def test_two_task_pretrain_job_is_one_two_rank_ddp_run_like_torchrun(slurm, tmp_path, monkeypatch):
+    """Pretraining as one SLURM job of 2 tasks ends with the weights of torchrun at 2 processes."""
+    import torch
+    from pretrain_tiny import write_images, write_tiny_config
+    from mocobench.results.launch import LaunchSpec, launch_submitit, mocobench_argv, torchrun_argv
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data, config = tmp_path / "images", write_tiny_config(tmp_path / "tiny.yaml")
+    write_images(data, 16, seed=0)
+
+    def args(out: Path) -> list[str]:
+        return ["--config", str(config), "--data", str(data), "--output-dir", str(out), "SOLVER.EPOCHS", "2",
+                "MOCO.SPLIT_BN_GROUPS", "1", "CHECKPOINT.PERIOD_ITERS", "0"]
+    torchrun = run(torchrun_argv(2, args(tmp_path / "torchrun"), command="pretrain"))
+    assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
+    params = ClusterParams(gpus_per_node=0, tasks_per_node=2, cpus_per_task=1, timeout_min=1, signal_delay_s=20)
+    out = tmp_path / "slurm"
+    codes = launch_submitit([LaunchSpec("pretrain", out, mocobench_argv("pretrain", args(out)))], params,
+                            tmp_path / ".submitit")
+    assert codes == {"pretrain": 0}, rank_log(out)
+    a, b = (torch.load(d / "checkpoint_0002.pth.tar", map_location="cpu", weights_only=False)
+            for d in (tmp_path / "torchrun", out))
+    assert a["iteration"] == b["iteration"]
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
