@@ -19,6 +19,7 @@ metric, error bars = std over trials).
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -112,9 +113,40 @@ class TableResult:
     stats: pd.DataFrame
     notes: list[str] = field(default_factory=list)  # why a cell is missing or has no delta
     left_out: list[str] = field(default_factory=list)  # "<run folder>: <why>" per run left out
+    leads: tuple[str, list[str]] = ("", [])  # heading and a line per row: its lead over random init's spread
 
     def sections(self) -> Notes:
-        return [(f"Why a cell is {MISSING} or has no delta:", self.notes), ("Runs left out:", self.left_out)]
+        return [(f"Why a cell is {MISSING} or has no delta:", self.notes), ("Runs left out:", self.left_out),
+                self.leads]
+
+
+RANDOM_ROW = "random"  # the init every lead is measured from (the inits files' name for no weights)
+LEAD_SDS = 2.0  # a lead counts as beyond random init's spread above this many of its standard deviations
+
+
+def lead_notes(table: Table, stats: pd.DataFrame) -> tuple[str, list[str]]:
+    """Each measured row's lead over random init on the table's lead metric, in random init's
+    standard deviations over its trials, so a reader sees which cells are within noise."""
+    metric = table.cfg.LEAD_METRIC or table.metrics[0]
+    measured = stats[(stats["source"] == "measured") & (stats["metric"] == metric)].set_index("row")
+    if RANDOM_ROW not in measured.index or measured.loc[RANDOM_ROW, "n"] == 0:
+        return "", []
+    ref = measured.loc[RANDOM_ROW]
+    heading = f"Lead over {RANDOM_ROW} init ({metric}; beyond its spread: more than {LEAD_SDS:g} of its sd):"
+    lines = []
+    for row, s in measured.drop(index=RANDOM_ROW).iterrows():
+        if s["n"] == 0:
+            continue
+        lead = s["mean"] - ref["mean"]
+        if ref["n"] < 2:
+            lines.append(f"{row}: {lead:+.1f}; {RANDOM_ROW} init's spread not measured ({int(ref['n'])} trial; "
+                         "TRIALS 2 or more measures it)")
+            continue
+        sds = lead / ref["std"] if ref["std"] > 0 else math.copysign(math.inf, lead) if lead else 0.0
+        verdict = "beyond its spread" if sds > LEAD_SDS else "within its spread" if sds >= -LEAD_SDS else "below it"
+        lines.append(f"{row}: {lead:+.1f} = {sds:+.1f} sd of {RANDOM_ROW} init "
+                     f"({ref['mean']:.1f}±{ref['std']:.1f}, {int(ref['n'])} trials): {verdict}")
+    return heading, lines
 
 
 def table_result(table: Table, run_root: Path, rows: Sequence[str], inits: dict[str, Init] | None = None
@@ -131,7 +163,7 @@ def table_result(table: Table, run_root: Path, rows: Sequence[str], inits: dict[
     stats = with_deltas(stats)
     stats.insert(0, "table", table.name)
     stats = stats[STAT_COLUMNS]
-    return TableResult(stats, cell_notes(table, stats, runs), left_out)
+    return TableResult(stats, cell_notes(table, stats, runs), left_out, lead_notes(table, stats))
 
 
 def table_stats(table: Table, run_root: Path, rows: Sequence[str], inits: dict[str, Init] | None = None

@@ -90,6 +90,8 @@ def _validate(cfg: CfgNode, path: Path) -> None:
     for m in cfg.METRICS:
         if unknown_metric(m):  # a metric no run records would only ever show as missing
             raise UserError(f"{path}: metric {m!r} is {unknown_metric(m)}")
+    if cfg.LEAD_METRIC and cfg.LEAD_METRIC not in cfg.METRICS:
+        raise UserError(f"{path}: LEAD_METRIC {cfg.LEAD_METRIC!r} is not one of METRICS {list(cfg.METRICS)}")
     if cfg.PAPER.FILE and len(cfg.PAPER.COLUMNS) != len(cfg.METRICS):
         raise UserError(f"{path}: PAPER.COLUMNS needs one entry per METRICS entry "
                         f"({len(cfg.METRICS)}), got {len(cfg.PAPER.COLUMNS)}")

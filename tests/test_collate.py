@@ -77,7 +77,10 @@ def test_collate_writes_the_expected_table(tmp_path, cli):
     md = (out / "report.md").read_text()
     assert md.startswith("### Test VOC table\n")
     assert md.endswith(EXPECTED_ROWS + "\nWhy a cell is — or has no delta:\n\n- mocov2: no finished run\n\nRuns left out:"
-                       "\n\n- test_voc/random/seed1: metrics.json unreadable (JSONDecodeError)\n")
+                       "\n\n- test_voc/random/seed1: metrics.json unreadable (JSONDecodeError)\n"
+                       "\nLead over random init (bbox/AP50; beyond its spread: more than 2 of its sd):\n\n"
+                       "- supervised: +20.2; random init's spread not measured (1 trial; TRIALS 2 or more measures it)\n"
+                       "- moco: +21.2; random init's spread not measured (1 trial; TRIALS 2 or more measures it)\n")
 
     wide = pd.read_csv(out / "test_voc.csv", keep_default_na=False)
     assert list(wide.columns) == ["row", "source", "AP50", "AP", "AP75"]
@@ -151,3 +154,29 @@ def test_trials_option_collates_only_those_seeds(tmp_path, cli):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| random | 60.0 (-20.0) |" in md and "| supervised | 80.0 | 50.0 | 55.0 |" in md
     assert "mean over 1 trial(s)" in md
+
+
+def test_each_row_lead_over_random_init_is_told_against_its_measured_spread(tmp_path, capsys):
+    """random 60.0±1.0 over 3 trials: supervised +20 (20 sd) is beyond the spread, a row 1 point
+    above is within it; with one random trial the spread is said to be unmeasured."""
+    from mocobench.results.collate import lead_notes
+
+    table = tmp_path / "test_voc.yaml"
+    table.write_text(TABLE)
+    out = tmp_path / "runs"
+    runs = {"random": {0: (59.0, 30.0, 28.0), 1: (60.0, 30.0, 28.0), 2: (61.0, 30.0, 28.0)},
+            "supervised": {k: (80.0, 50.0, 55.0) for k in range(3)}, "close": {k: (61.0, 31.0, 29.0) for k in range(3)}}
+    from mocobench.results.collate import table_result
+
+    for init, seeds in runs.items():
+        for seed, values in seeds.items():
+            write_run(out / "test_voc" / init / f"seed{seed}", seed, *values)
+    t = resolve_tables([table])[0]
+    heading, lines = lead_notes(t, table_result(t, out, list(runs)).stats)
+    assert heading.startswith("Lead over random init (bbox/AP50")
+    assert lines == ["supervised: +20.0 = +20.0 sd of random init (60.0±1.0, 3 trials): beyond its spread",
+                     "close: +1.0 = +1.0 sd of random init (60.0±1.0, 3 trials): within its spread"]
+    one = resolve_tables([table], trials=1)[0]
+    _, lines = lead_notes(one, table_result(one, out, list(runs)).stats)
+    assert lines[0] == ("supervised: +21.0; random init's spread not measured (1 trial; TRIALS 2 or more "
+                        "measures it)")
