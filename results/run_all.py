@@ -39,7 +39,7 @@ from mocobench.transfer.config import load_detection_config
 from mocobench.results.launch import (ClusterParams, LaunchSpec, launch_local, launch_submitit, live_job,
                                       torchrun_argv, transfer_argv)
 from mocobench.results.runs import check_metrics, read_metrics
-from mocobench.results.tables import add_trials_argument, load_inits, resolve_tables
+from mocobench.results.tables import add_trials_argument, load_inits, resolve_tables, tables_for_engine
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 NO_CONFIG = "no-config"
@@ -143,6 +143,7 @@ def plan(job: PlannedRun, world: int, engine: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     tables = resolve_tables(args.tables, trials=args.trials)
+    tables = tables_for_engine(tables, args.engine, named=bool(args.tables))
     inits = load_inits(args.inits)
     output = Path(args.output).resolve()
     world = world_size(args)

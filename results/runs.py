@@ -27,8 +27,10 @@ SEED_DIR = re.compile(r"^seed(\d+)$")
 MOVED_ASIDE = re.compile(r"\.(stale|replaced)-\d")
 TASKS = ("bbox", "segm")
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-KNOWN_METRICS = tuple(f"{task}/{key}" for task in TASKS for key in KEYS)
-KNOWN_HINT = f"<task>/<key> with task {'|'.join(TASKS)} and key {'|'.join(KEYS)}"
+KEYPOINT_KEYS = ("AP", "AP50", "AP75", "APm", "APl")  # COCO's keypoint AP has no small range
+KNOWN_METRICS = (*(f"{task}/{key}" for task in TASKS for key in KEYS), *(f"keypoints/{k}" for k in KEYPOINT_KEYS))
+KNOWN_HINT = (f"<task>/<key> with task {'|'.join(TASKS)} and key {'|'.join(KEYS)}, or keypoints/<key> with "
+              f"key {'|'.join(KEYPOINT_KEYS)}")
 EVAL_ONLY = "eval-only numbers, not a trained run (meta.eval_only)"
 
 

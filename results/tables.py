@@ -30,6 +30,7 @@ DEFAULTS_FILE = Path(__file__).with_name("table_defaults.yaml")
 TABLES_DIR = config_path("tables")
 FORMATS = INPUT_FORMATS
 SCALES = ("paper", "demo")
+ENGINES = ("", "torchvision", "detectron2")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def _validate(cfg: CfgNode, path: Path) -> None:
         raise UserError(f"{path}: SCALE must be one of {SCALES}, got {cfg.SCALE!r}")
     if not (cfg.CONFIG.RGB or cfg.CONFIG.BGR):
         raise UserError(f"{path}: CONFIG needs a detection config for RGB or BGR inits")
+    if cfg.ENGINE not in ENGINES:
+        raise UserError(f"{path}: ENGINE must be one of {ENGINES[1:]} or empty (either), got {cfg.ENGINE!r}")
     if cfg.TRIALS < 1:
         raise UserError(f"{path}: TRIALS must be >= 1, got {cfg.TRIALS}")
     if not cfg.METRICS:
@@ -95,6 +98,21 @@ def _validate(cfg: CfgNode, path: Path) -> None:
     if cfg.PAPER.FILE and len(cfg.PAPER.COLUMNS) != len(cfg.METRICS):
         raise UserError(f"{path}: PAPER.COLUMNS needs one entry per METRICS entry "
                         f"({len(cfg.METRICS)}), got {len(cfg.PAPER.COLUMNS)}")
+
+
+def tables_for_engine(tables: Sequence[Table], engine: str, named: bool) -> list[Table]:
+    """The tables ``engine`` runs. A named table whose configs need the other engine is refused
+    before any job is planned; unnamed (every paper table), it is left out, saying so."""
+    kept = []
+    for table in tables:
+        if not table.cfg.ENGINE or table.cfg.ENGINE == engine:
+            kept.append(table)
+        elif named:
+            raise UserError(f"{table.path}: table {table.name} runs on --engine {table.cfg.ENGINE} only "
+                            f"(its configs need it), not --engine {engine}")
+        else:
+            print(f"skipped   table {table.name}: runs on --engine {table.cfg.ENGINE} only")
+    return kept
 
 
 def positive_int(text: str) -> int:

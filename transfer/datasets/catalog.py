@@ -3,7 +3,8 @@
 ``voc_<year>_<split>`` reads ``<root>/VOC<year>`` with any ``ImageSets/Main/<split>.txt``
 (voc_2007_trainval, voc_2012_trainval, voc_2007_test, ...); the COCO names read
 ``<root>/coco/{<split><year>,annotations/instances_<split><year>.json}``. The root is the
-``data_root`` argument, else ``$DETECTRON2_DATASETS``, else ``datasets`` (detectron2's rule),
+``data_root`` argument, else ``$DETECTRON2_DATASETS``, else ``datasets`` (detectron2's rule); the ``keypoints_coco_<year>_<split>`` names read the same
+images with ``annotations/person_keypoints_<split><year>.json``,
 so a tree prepared for detectron2 works unchanged with both engines. ``check_images`` also
 holds each image's header to the size its annotation gives (as detectron2 does when it reads
 the image) and returns what loading dropped or changed, for the run's metadata.
@@ -18,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from mocobench import UserError
 from mocobench.transfer.datasets.coco import coco_metadata, load_coco_records, read_coco_api
+from mocobench.transfer.datasets.coco_keypoints import keypoint_metadata
 from mocobench.transfer.datasets.voc import load_voc_split, voc_class_names
 
 Records = list[dict[str, Any]]
@@ -35,11 +37,17 @@ COCO_BUILTIN = {
     "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
     "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
 }
+KEYPOINTS_BUILTIN = {
+    "keypoints_coco_2014_train": ("coco/train2014", "coco/annotations/person_keypoints_train2014.json"),
+    "keypoints_coco_2014_val": ("coco/val2014", "coco/annotations/person_keypoints_val2014.json"),
+    "keypoints_coco_2017_train": ("coco/train2017", "coco/annotations/person_keypoints_train2017.json"),
+    "keypoints_coco_2017_val": ("coco/val2017", "coco/annotations/person_keypoints_val2017.json"),
+}
 
 
 def dataset_names() -> list[str]:
     """The builtin names; ``voc_<year>_<split>`` is accepted for any other split too."""
-    return [*VOC_BUILTIN, *COCO_BUILTIN]
+    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN]
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -61,14 +69,15 @@ def _resolve(name: str, data_root: str | os.PathLike | None
                 "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(classes))},
                 "dirname": str(dirname), "year": year, "split": split}
         return meta, lambda: load_voc_split(dirname, split, classes)
-    if name in COCO_BUILTIN:
-        image_root, json_file = (str((root / p).resolve()) for p in COCO_BUILTIN[name])
-        api = read_coco_api(json_file)
+    if name in COCO_BUILTIN or name in KEYPOINTS_BUILTIN:
+        keypoints = name in KEYPOINTS_BUILTIN
+        image_root, json_file = (str((root / p).resolve()) for p in {**COCO_BUILTIN, **KEYPOINTS_BUILTIN}[name])
+        api = read_coco_api(json_file, keypoints=keypoints)
         meta = {**coco_metadata(api), "evaluator_type": "coco", "json_file": json_file,
-                "image_root": image_root}
+                "image_root": image_root, **(keypoint_metadata(api, json_file) if keypoints else {})}
         return meta, lambda: load_coco_records(api, json_file, image_root)
     raise UserError(f"unknown dataset {name!r}: expected voc_<year>_<split> or one of "
-                    f"{', '.join(COCO_BUILTIN)}")
+                    f"{', '.join([*COCO_BUILTIN, *KEYPOINTS_BUILTIN])}")
 
 
 def get_metadata(name: str, data_root: str | os.PathLike | None = None) -> dict[str, Any]:

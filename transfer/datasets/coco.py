@@ -9,7 +9,8 @@ refused: repeated image, annotation or category ids (or category names), image s
 not positive whole numbers, a bbox that is not 4 finite numbers with w, h >= 0 or that lies
 entirely outside its image, and polygons with non-finite values. A box reaching partly
 outside its image is kept as COCO's evaluation scores it, counted in one warning per load
-(docs/DATA_CHECKS.md lists every check).
+(docs/DATA_CHECKS.md lists every check). Keypoints, when present, are checked and
+shifted as transfer/datasets/coco_keypoints.py says.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from mocobench import UserError
+from mocobench.transfer.datasets.coco_keypoints import check_keypoints, record_keypoints
 
 REQUIRED_FIELDS = {
     "images": ("id", "file_name", "height", "width"),
@@ -107,7 +109,7 @@ def _check_segmentation(i: int, segm: Any, json_file: Path) -> None:
                         f"not a finite number")
 
 
-def _validate(data: Any, json_file: Path) -> None:
+def _validate(data: Any, json_file: Path, keypoints: bool = False) -> None:
     _check_structure(data, json_file)
     _check_images(data["images"], json_file)
     _refuse_repeats(data["categories"], "id", "categories", "category id", json_file)
@@ -125,6 +127,8 @@ def _validate(data: Any, json_file: Path) -> None:
         _check_bbox(i, ann["bbox"], images[ann["image_id"]], json_file)
         if ann.get("segmentation"):
             _check_segmentation(i, ann["segmentation"], json_file)
+    if keypoints or any("keypoints" in a for a in data["annotations"]):
+        check_keypoints(data, json_file, required=keypoints)
 
 
 def _past_border(bbox: list[float], img: dict) -> bool:
@@ -138,8 +142,9 @@ def boxes_past_border(api: COCO) -> tuple[int, Any]:
     return len(past), past[0] if past else None
 
 
-def read_coco_api(json_file: str | os.PathLike) -> COCO:
-    """A validated pycocotools COCO object (the evaluator's ground truth)."""
+def read_coco_api(json_file: str | os.PathLike, keypoints: bool = False) -> COCO:
+    """A validated pycocotools COCO object (the evaluator's ground truth); ``keypoints``:
+    a person_keypoints file, whose categories must all name their keypoints."""
     json_file = Path(json_file)
     if not json_file.is_file():
         raise UserError(f"{json_file}: COCO annotation file not found")
@@ -147,7 +152,7 @@ def read_coco_api(json_file: str | os.PathLike) -> COCO:
         data = json.loads(json_file.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{json_file}:{e.lineno}: malformed JSON: {e.msg}") from None
-    _validate(data, json_file)
+    _validate(data, json_file, keypoints)
     api = COCO()
     api.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -203,6 +208,8 @@ def load_coco_records(api: COCO, json_file: str | os.PathLike, image_root: str |
             x, y, w, h = (float(v) for v in ann["bbox"])
             obj = {"bbox": [x, y, x + w, y + h], "category_id": id_map[ann["category_id"]],
                    "iscrowd": int(ann["iscrowd"])}
+            if ann.get("keypoints"):  # as detectron2: an empty list is no keypoints
+                obj["keypoints"] = record_keypoints(ann["keypoints"])
             if ann.get("segmentation"):
                 segm = _segmentation(ann["segmentation"])
                 if segm is None:

@@ -164,3 +164,6 @@ def _background(rng: np.random.Generator, width: int, height: int, render: Rende
         rx, ry = rng.uniform(*BLOB_RADIUS, 2) * min(width, height)
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=distractor())
     return np.asarray(image, dtype=np.float32).copy()
+
+
+background = _background  # the stick-figure images (synth_people) share the scenes' backgrounds

@@ -1,5 +1,5 @@
 """Write the synthetic benchmark data: pretraining images, a classification set, VOC2007,
-VOC2012 and COCO, each in its real on-disk layout.
+VOC2012 and COCO, each in its real on-disk layout, and on request COCO person keypoints.
 
 Why synthetic: the whole pipeline (pretrain -> convert -> detect -> tables) must run
 end to end, in tests and in a CPU demo, with no download. Why deterministic: every
@@ -17,6 +17,8 @@ Safety: ``DIR/SYNTH.json`` marks a folder as ours. It is written first with
 ``"complete": false`` and rewritten (atomically) with ``"complete": true`` only when every
 file is in place, so a killed or failed run is recognised and rewritten by the next one; a
 complete folder with the same seed and scale is left as it is; anything else is refused.
+Keypoints are added to such a folder when asked (``"keypoints"`` in the marker records them),
+so the demo, which does not ask, spends no time on them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from PIL import Image
 from mocobench import UserError
 from mocobench.atomic import write_json
 from mocobench.progress import Progress
-from mocobench.transfer.datasets import synth_layouts
+from mocobench.transfer.datasets import synth_layouts, synth_people
 from mocobench.transfer.datasets.scene import SceneObject, render_scene
 from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, Splits, SynthSpec, load_synth_spec
 
@@ -58,14 +60,16 @@ PROGRESS_STEPS = 4          # report each part at quarters of its images
 VOC_ID_FORMATS = {"VOC2007": "{:06d}", "VOC2012": "2012_{:06d}"}  # the real datasets' image ids
 IMAGES_PER_WORKER = 250     # default: at most a worker per this many images, as a pool's start (~0.25 s) outweighs
                             # its gain below ~150-200 images (~2.6 ms each; 2-core EPYC, idle)
+KEYPOINT_IMAGE_IDS = 900_000  # the stick figures' image ids start here, clear of the instances images in coco/<split>/
 
 
 def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
-                    spec: SynthSpec | None = None, workers: int | None = None) -> dict:
+                    spec: SynthSpec | None = None, workers: int | None = None, keypoints: bool = False) -> dict:
     """Write (or find already written) the synthetic data under ``out``; returns the manifest.
     ``workers``: processes drawing the images (1: this one alone); None: one per core, fewer
     for small data (``IMAGES_PER_WORKER``). The files are the same whatever the number. More
-    than one are spawned, so a script calling this needs the ``if __name__ == "__main__":`` guard."""
+    than one are spawned, so a script calling this needs the ``if __name__ == "__main__":`` guard.
+    ``keypoints``: also write coco/annotations/person_keypoints_<split>.json and their images."""
     spec = spec or load_synth_spec()
     if scale not in spec.scales:
         raise UserError(f"unknown scale '{scale}' (choose from {sorted(spec.scales)})")
@@ -77,6 +81,9 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
     manifest = {"format": FORMAT, "generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale,
                 "parameters_sha256": _digest(spec, scale)}
     existing = _existing_manifest(out, manifest)
+    wanted_keypoints = _keypoints_digest(spec, scale) if keypoints else None
+    if existing is not None and wanted_keypoints and existing.get("keypoints") != wanted_keypoints:
+        return _add_keypoints(out, seed, spec, scale, progress, workers, existing, wanted_keypoints)
     if existing is not None:
         if progress:
             print(f"synth: {out} already holds the complete data for seed {seed}, scale {scale}; "
@@ -86,24 +93,50 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
         shutil.rmtree(out / part, ignore_errors=True)
     write_json(out / MARKER, {**manifest, "complete": False})
     chosen = spec.scales[scale]
-    writer = _Writer(out, seed, spec, chosen, progress)
-    left = f"{MARKER} marks the folder incomplete, and a rerun rewrites it"
+    writer = _Writer(out, seed, spec, chosen, progress, keypoints=keypoints)
+    counts = _write_parts(writer, workers, out, f"{MARKER} marks the folder incomplete, and a rerun rewrites it")
+    manifest.update(complete=True, classes=[c.name for c in writer.classes], counts=counts)
+    if wanted_keypoints:
+        manifest["keypoints"] = wanted_keypoints
+    write_json(out / MARKER, manifest)
+    return manifest
+
+
+def _write_parts(writer: _Writer, workers: int | None, out: Path, left: str) -> dict[str, int]:
+    """The writer's parts, a failure turned into one line saying what is left behind."""
     try:
-        counts = writer.all_parts(workers)
+        return writer.all_parts(workers)
     except OSError as e:  # a full disk, a file in the way: here or in a worker, one line, not a traceback
         where = f"{e.filename}: " if e.filename else ""
         raise UserError(f"{out}: writing the synthetic data failed ({where}{e.strerror or e}); {left}") from None
     except BrokenProcessPool as e:  # a worker killed (out of memory, a signal)
         raise UserError(f"{out}: a worker process died while writing the synthetic data ({e}); {left}") from None
-    manifest.update(complete=True, classes=[c.name for c in writer.classes], counts=counts)
+
+
+def _add_keypoints(out: Path, seed: int, spec: SynthSpec, scale: str, progress: bool, workers: int | None,
+                   manifest: dict, digest: str) -> dict:
+    """The keypoint part added to a complete folder; recorded in the marker only once written,
+    so a killed run leaves the rest complete and the next one writes the keypoints again."""
+    writer = _Writer(out, seed, spec, spec.scales[scale], progress, keypoints=True, base=False)
+    counts = _write_parts(writer, workers, out, f"its {MARKER} records no keypoints, and a rerun writes them")
+    manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "keypoints": digest}
     write_json(out / MARKER, manifest)
     return manifest
+
+
+def _keypoints_digest(spec: SynthSpec, scale: str) -> str:
+    """Fingerprint of what shapes the keypoint files (a changed one rewrites them)."""
+    used = {"keypoints": spec.scales[scale].coco_keypoints, "render": spec.render,
+            "jpeg_quality": spec.jpeg_quality, "generator": GENERATOR_VERSION}
+    return hashlib.sha256(json.dumps(used, default=dataclasses.asdict, sort_keys=True).encode()).hexdigest()
 
 
 def _digest(spec: SynthSpec, scale: str) -> str:
     """Fingerprint of everything in synth_scales.yaml that shapes this scale's files, so data
     written before an edit of the YAML is not mistaken for data written after it."""
-    used = {"scale": spec.scales[scale], "render": spec.render, "jpeg_quality": spec.jpeg_quality,
+    # the keypoint part has its own fingerprint, so data written before it existed stays valid
+    chosen = {k: v for k, v in dataclasses.asdict(spec.scales[scale]).items() if k != "coco_keypoints"}
+    used = {"scale": chosen, "render": spec.render, "jpeg_quality": spec.jpeg_quality,
             "classes": spec.classes[: spec.scales[scale].classes]}
     text = json.dumps(used, default=lambda d: dataclasses.asdict(d), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -150,13 +183,21 @@ class _Run:
 class _Writer:
     """Draws and writes the parts of one scale; each image from its own seeded Generator."""
 
-    def __init__(self, out: Path, seed: int, spec: SynthSpec, scale: Scale, progress: bool) -> None:
+    def __init__(self, out: Path, seed: int, spec: SynthSpec, scale: Scale, progress: bool,
+                 keypoints: bool = False, base: bool = True) -> None:
         self.out, self.seed, self.spec, self.scale, self.progress = out, seed, spec, scale, progress
+        self.keypoints, self.base = keypoints, base
         self.classes = spec.classes[: scale.classes]
         self.counts: dict[str, int] = {}
         self.coco_annotations = 0  # COCO annotation ids run on across splits, as in the real files
+        self.person_annotations = 0
 
     def runs(self) -> list[_Run]:
+        people = [_Run(f"coco_keypoints/{split}", "person_image", split, count, "person_files")
+                  for split, count in self.scale.coco_keypoints.splits.items()] if self.keypoints else []
+        return (self.base_runs() if self.base else []) + people
+
+    def base_runs(self) -> list[_Run]:
         n = len(self.classes)
         return [_Run("unlabeled", "unlabeled_image", "unlabeled", self.scale.unlabeled.count),
                 *(_Run(f"classify/{split}", "classify_image", split, per_class * n)
@@ -288,6 +329,30 @@ class _Writer:
         self.counts[f"coco/{split}/objects"] = len(annotations)
         text = synth_layouts.coco_json(images, annotations, self.classes, f"mocobench synthetic COCO {split}")
         _write_text(self.out / "coco" / "annotations" / f"instances_{split}.json", text)
+
+    def person_image(self, split: str, j: int) -> tuple[dict, list[synth_people.Person]]:
+        """Writes a stick-figure image into coco/<split>/; returns its image entry and people."""
+        splits = list(self.scale.coco_keypoints.splits)
+        before = sum(self.scale.coco_keypoints.splits[s] for s in splits[: splits.index(split)])
+        image_id = KEYPOINT_IMAGE_IDS + 1 + j + before
+        image, people = synth_people.render_people(self.rng(f"coco_keypoints/{split}", j),
+                                                   self.scale.coco_keypoints.scene, self.spec.render)
+        file_name = f"{image_id:012d}.jpg"
+        self.save(self.out / "coco" / split / file_name, image)
+        entry = {"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1],
+                 "license": 1}
+        return entry, people
+
+    def person_files(self, split: str, drawn: list[tuple[dict, list[synth_people.Person]]]) -> None:
+        annotations = []
+        for entry, people in drawn:
+            for person in people:
+                self.person_annotations += 1
+                annotations.append(synth_people.person_annotation(self.person_annotations, entry["id"], person))
+        self.counts[f"coco_keypoints/{split}/people"] = len(annotations)
+        text = synth_layouts.coco_json([e for e, _ in drawn], annotations, [], f"mocobench synthetic COCO person "
+                                       f"keypoints {split}", categories=[synth_people.CATEGORY])
+        _write_text(self.out / "coco" / "annotations" / f"person_keypoints_{split}.json", text)
 
 
 _WORKER: _Writer | None = None  # a pool process's writer, set once by _start_worker

@@ -74,14 +74,16 @@ def voc_image_sets(splits: dict[str, list[str]], labels: dict[str, list[tuple[in
 
 
 def coco_json(images: Iterable[dict], annotations: Iterable[dict], classes: Sequence[ObjectClass],
-              description: str) -> str:
+              description: str, categories: Sequence[dict] = ()) -> str:
+    """The file's text; ``categories`` (e.g. person with its keypoints) follow the classes'."""
     doc = {
         "info": {"description": description, "version": "1.0", "year": 2017, "contributor": SOURCE,
                  "url": "", "date_created": "2017/09/01"},
         "licenses": [{"id": 1, "name": "CC0 1.0 (synthetic)", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
         "images": list(images),
         "annotations": list(annotations),
-        "categories": [{"id": c.coco_id, "name": c.name, "supercategory": c.supercategory} for c in classes],
+        "categories": [*({"id": c.coco_id, "name": c.name, "supercategory": c.supercategory} for c in classes),
+                       *categories],
     }
     return json.dumps(doc, separators=(",", ":")) + "\n"
 

@@ -85,6 +85,7 @@ class Scale:
     voc2007: Splits
     voc2012: Splits
     coco: Splits
+    coco_keypoints: Splits  # stick figures, written only when asked (``data synth --keypoints``)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ LAYOUT_SPLITS = {
     "voc2007": ("train", "val", "test"),
     "voc2012": ("train", "val"),
     "coco": ("train2017", "val2017"),
+    "coco_keypoints": ("train2017", "val2017"),
 }
 
 

@@ -1,5 +1,6 @@
 """detectron2's DefaultTrainer for our jobs: the evaluator each dataset's evaluator_type
-names (PascalVOCDetectionEvaluator / COCOEvaluator, as the MoCo authors' train_net), the
+names (PascalVOCDetectionEvaluator / COCOEvaluator, as the MoCo authors' train_net; keypoint AP
+with TEST.KEYPOINT_OKS_SIGMAS), the
 reduced DC5 backbone when MODEL.DC5.CONV_DIM asks for it, metrics.jsonl instead of
 detectron2's metrics.json event log, and CPU-capable sync BN under gloo."""
 
@@ -54,7 +55,7 @@ class Trainer(DefaultTrainer):
         kind = MetadataCatalog.get(dataset_name).evaluator_type
         if kind == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
-        return COCOEvaluator(dataset_name, distributed=True)
+        return COCOEvaluator(dataset_name, distributed=True, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
 
     def build_writers(self):
         self.jsonl = JsonlEventWriter(Path(self.cfg.OUTPUT_DIR) / JSONL)
