@@ -240,7 +240,7 @@ def test_audit_skips_an_eval_only_result_naming_why(tmp_path, capsys):
 
 # ---- unknown metric names ---------------------------------------------------------------
 
-@pytest.mark.parametrize("metric", ["bbox/APX", "keypoints/AP", "bbox/ap", "segm/AP90"])
+@pytest.mark.parametrize("metric", ["bbox/APX", "keypoints/APs", "bbox/ap", "segm/AP90"])  # keypoints: no small range
 def test_collate_refuses_a_table_naming_an_unknown_metric(tmp_path, capsys, metric):
     table, root = table_fixture(tmp_path, TABLE.replace("bbox/AP]", f"{metric}]"))
     assert_refused(["collate", root, "--out", tmp_path / "r", "--tables", table],
