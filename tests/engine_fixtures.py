@@ -43,3 +43,18 @@ def write_tiny_config(path: Path, base: Path = DEMO / "demo_voc_C4.yaml") -> Pat
         node[leaf] = yaml.safe_load(value) if not value.startswith("(") else value
     path.write_text(yaml.safe_dump({"_BASE_": str(base), **tree}))
     return path
+
+
+def move_bn_off_init(model):
+    """``model`` with every BN's statistics and affine moved off their initial 0 / 1 (as training
+    leaves them), so a converted tensor equal to its source means something."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+            m.num_batches_tracked.fill_(7)
+    return model

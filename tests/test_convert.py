@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from engine_fixtures import move_bn_off_init
 from mocobench import UserError
 from mocobench.atomic import write_pickle
 from mocobench.resnet import ResNetShape, build_resnet
@@ -29,15 +30,7 @@ MODELS = {
 def trained_like(make) -> nn.Module:
     """A model whose BN statistics are not the init's 0/1, so equality means something."""
     torch.manual_seed(0)
-    model = make()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.num_batches_tracked.fill_(7)
-    return model.eval()
+    return move_bn_off_init(make()).eval()
 
 
 def moco_checkpoint(model: nn.Module, head: str) -> dict:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from engine_fixtures import move_bn_off_init
 from mocobench import UserError
 from mocobench.cli import main
 from mocobench.conventions import RGB_IMAGENET
@@ -28,12 +29,7 @@ def trunk_weights(seed: int = 0, trained: bool = True) -> dict[str, torch.Tensor
     torch.manual_seed(seed)
     net = build_resnet(SHAPE)
     if trained:
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
+        move_bn_off_init(net)
     return {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("fc.")}
 
 
