@@ -36,9 +36,9 @@ def copy_data(data: Path, to: Path) -> Path:
     return to
 
 
-def voc_image(root: Path, split: str) -> Path:
-    first = (root / "VOC2007" / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[0]
-    return root / "VOC2007" / "JPEGImages" / f"{first}.jpg"
+def voc_image(root: Path, split: str, year: int = 2007) -> Path:
+    first = (root / f"VOC{year}" / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[0]
+    return root / f"VOC{year}" / "JPEGImages" / f"{first}.jpg"
 
 
 def detect(out: Path, data: Path, *extra, opts=()) -> list:
@@ -66,7 +66,7 @@ def bad_input_cases(tmp_path: Path, data: Path) -> dict[str, tuple[list, str]]:
     empty_split = copy_data(data, tmp_path / "empty_split")
     (empty_split / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("")
     bad_test = copy_data(data, tmp_path / "bad_test")
-    voc_image(bad_test, "test").write_bytes(b"not a jpeg")
+    voc_image(bad_test, "val", 2012).write_bytes(b"not a jpeg")  # the demo VOC config tests on VOC12 val
     dets = tmp_path / "dets.json"
     first = voc_image(data, "test").stem
     dets.write_text(f'[{{"image_id": "{first}", "category_id": 1, "bbox": [1, 2, -3, 4], "score": 0.5}}]')
