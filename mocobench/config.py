@@ -182,6 +182,7 @@ def between(low: float, high: float, high_open: bool = False) -> Rule:
                 f"in [{low:g}, {high:g}{')' if high_open else ']'}")
 
 
+FINITE = Rule(_number, "a finite number")
 POSITIVE = Rule(lambda v: _number(v) and v > 0, "> 0")
 NON_NEGATIVE = at_least(0)
 PROBABILITY = between(0, 1)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from fvcore.common.config import CfgNode
 
-from mocobench.config import (NON_NEGATIVE, ConfigError, POSITIVE, PROBABILITY, Rule, at_least, between, check_rules, each,
+from mocobench.config import (FINITE, NON_NEGATIVE, ConfigError, POSITIVE, PROBABILITY, Rule, at_least, between, check_rules, each,
                               increasing, load_config, load_defaults)
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
@@ -37,8 +37,7 @@ RULES: dict[str, Rule] = {
     "SOLVER.BIAS_LR_FACTOR": POSITIVE, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": POSITIVE,
     "DATALOADER.NUM_WORKERS": NON_NEGATIVE, "DATALOADER.REPEAT_THRESHOLD": NON_NEGATIVE,
     "INPUT.MIN_SIZE_TRAIN": each(COUNT), "INPUT.MAX_SIZE_TRAIN": COUNT, "INPUT.MIN_SIZE_TEST": NON_NEGATIVE,
-    "INPUT.MAX_SIZE_TEST": COUNT, "MODEL.PIXEL_STD": each(POSITIVE, 3), "MODEL.PIXEL_MEAN": each(Rule(
-        lambda v: isinstance(v, (int, float)) and v == v and abs(v) != float("inf"), "finite"), 3),
+    "INPUT.MAX_SIZE_TEST": COUNT, "MODEL.PIXEL_STD": each(POSITIVE, 3), "MODEL.PIXEL_MEAN": each(FINITE, 3),
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE": COUNT, "MODEL.RPN.POSITIVE_FRACTION": PROBABILITY,
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN": COUNT, "MODEL.RPN.PRE_NMS_TOPK_TEST": COUNT,
     "MODEL.RPN.POST_NMS_TOPK_TRAIN": COUNT, "MODEL.RPN.POST_NMS_TOPK_TEST": COUNT,
