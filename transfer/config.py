@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 from fvcore.common.config import CfgNode
 
-from mocobench.config import (FINITE, NON_NEGATIVE, ConfigError, POSITIVE, PROBABILITY, Rule, at_least, between, check_rules, each,
-                              increasing, load_config, load_defaults)
+from mocobench.config import (FINITE, NON_NEGATIVE, POSITIVE, PROBABILITY, ConfigError, Rule, at_least, between,
+                              check_rules, each, increasing, load_config, load_defaults)
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
