@@ -48,15 +48,28 @@ def read_metrics(run_dir: str | os.PathLike, required: Sequence[str] = ()) -> di
     return check_metrics(run_dir, required)[0]
 
 
+def read_result_file(path: Path, absent: str) -> tuple[object, str]:
+    """(the JSON in ``path``, "") or (None, why not: ``absent``, or unreadable as a torn write leaves it)."""
+    if not path.is_file():
+        return None, absent
+    try:
+        return json.loads(path.read_text()), ""
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} unreadable ({type(e).__name__})"
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool, string, null, NaN or inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def check_metrics(run_dir: str | os.PathLike, required: Sequence[str] = ()) -> tuple[dict | None, str]:
     """(metrics, "") for a finished result holding ``required`` metrics, else (None, why not)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return None, f"not finished (no {METRICS_FILE})"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return None, f"{METRICS_FILE} unreadable ({type(e).__name__})"
+    data, why = read_result_file(Path(run_dir) / METRICS_FILE, f"not finished (no {METRICS_FILE})")
+    if why:
+        return None, why
     if not isinstance(data, dict) or not isinstance(data.get("meta"), dict):
         return None, f"{METRICS_FILE} has no meta record"
     if data["meta"].get("eval_only"):
@@ -71,10 +84,7 @@ def metric_value(metrics: dict, name: str) -> float | None:
     """The metric as a finite float; None when absent or not a number (a string, null, NaN, inf, bool)."""
     task, _, key = name.partition("/")
     values = metrics.get(task)
-    value = values.get(key) if isinstance(values, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    return finite_number(values.get(key) if isinstance(values, dict) else None)
 
 
 def metric_problem(metrics: dict, name: str) -> str:

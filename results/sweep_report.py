@@ -7,7 +7,6 @@ transfer beside the paper's rows). Written to report.md, runs.csv, figure3.png a
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mocobench.progress import read_jsonl
 from mocobench.results.collate import table_result
 from mocobench.results.format import MISSING, markdown_table, table_cells
 from mocobench.results.paper import PAPER_DIR
+from mocobench.results.runs import finite_number, read_result_file
 from mocobench.results.sweep import Run, Sweep
 from mocobench.results.tables import load_table
 
@@ -39,16 +39,11 @@ def pretext(folder: Path) -> dict[str, float]:
 def read_result(path: Path, key: str) -> tuple[float | None, str]:
     """(the number under ``key`` in a result JSON, "") or (None, why not): a half-written or
     unreadable file is no result, so the job that writes it runs again."""
-    if not path.is_file():
-        return None, f"no {path.name}"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return None, f"{path.name} unreadable ({type(e).__name__})"
-    value = data.get(key) if isinstance(data, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None, f"{path.name} has no number under {key!r}"
-    return float(value), ""
+    data, why = read_result_file(path, f"no {path.name}")
+    if why:
+        return None, why
+    value = finite_number(data.get(key) if isinstance(data, dict) else None)
+    return (value, "") if value is not None else (None, f"{path.name} has no number under {key!r}")
 
 
 def knn_key(sweep: Sweep) -> str:
