@@ -4,7 +4,8 @@
 (voc_2007_trainval, voc_2012_trainval, voc_2007_test, ...); the COCO names read
 ``<root>/coco/{<split><year>,annotations/instances_<split><year>.json}``. The root is the
 ``data_root`` argument, else ``$DETECTRON2_DATASETS``, else ``datasets`` (detectron2's rule); the ``keypoints_coco_<year>_<split>`` names read the same
-images with ``annotations/person_keypoints_<split><year>.json``,
+images with ``annotations/person_keypoints_<split><year>.json``, and the ``lvis_v0.5_*`` names
+``<root>/lvis/lvis_v0.5_<split>.json`` with COCO's images (transfer/datasets/lvis.py),
 so a tree prepared for detectron2 works unchanged with both engines. ``check_images`` also
 holds each image's header to the size its annotation gives (as detectron2 does when it reads
 the image) and returns what loading dropped or changed, for the run's metadata.
@@ -20,6 +21,7 @@ from typing import Any, Callable, Sequence
 from mocobench import UserError
 from mocobench.transfer.datasets.coco import coco_metadata, load_coco_records, read_coco_api
 from mocobench.transfer.datasets.coco_keypoints import keypoint_metadata
+from mocobench.transfer.datasets.lvis import LVIS_BUILTIN, load_lvis_records, lvis_metadata, read_lvis
 from mocobench.transfer.datasets.voc import load_voc_split, voc_class_names
 
 Records = list[dict[str, Any]]
@@ -47,7 +49,7 @@ KEYPOINTS_BUILTIN = {
 
 def dataset_names() -> list[str]:
     """The builtin names; ``voc_<year>_<split>`` is accepted for any other split too."""
-    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN]
+    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN]
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -76,8 +78,14 @@ def _resolve(name: str, data_root: str | os.PathLike | None
         meta = {**coco_metadata(api), "evaluator_type": "coco", "json_file": json_file,
                 "image_root": image_root, **(keypoint_metadata(api, json_file) if keypoints else {})}
         return meta, lambda: load_coco_records(api, json_file, image_root)
+    if name in LVIS_BUILTIN:
+        image_root, json_file = (str((root / p).resolve()) for p in LVIS_BUILTIN[name])
+        data = read_lvis(json_file)
+        meta = {**lvis_metadata(data, name), "evaluator_type": "lvis", "json_file": json_file,
+                "image_root": image_root}
+        return meta, lambda: load_lvis_records(data, json_file, image_root)
     raise UserError(f"unknown dataset {name!r}: expected voc_<year>_<split> or one of "
-                    f"{', '.join([*COCO_BUILTIN, *KEYPOINTS_BUILTIN])}")
+                    f"{', '.join([*COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN])}")
 
 
 def get_metadata(name: str, data_root: str | os.PathLike | None = None) -> dict[str, Any]:

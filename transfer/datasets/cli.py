@@ -7,6 +7,7 @@ from a seed, in the layouts of the real datasets, so every stage runs on it unch
                                           and classes.txt (the dataset's class names, one a line)
   DIR/coco/                               COCO: train2017/, val2017/, annotations/instances_*.json
   DIR/coco/ (--keypoints)                 + annotations/person_keypoints_*.json and their stick-figure images
+  DIR/lvis/ (--lvis)                      LVIS v0.5: lvis_v0.5_{train,val}.json, federated labels over coco/'s images
   DIR/SYNTH.json                          seed, scale, counts; marks the folder complete
 
 DIR is a data root as the dataset readers take it (their data root argument or
@@ -47,12 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--keypoints", action="store_true",
                        help="also write COCO person keypoints (stick figures; keypoints_coco_2017_* datasets); "
                             "added to a complete folder of the same seed and scale without rewriting it")
+    synth.add_argument("--lvis", action="store_true",
+                       help="also write LVIS v0.5 files (federated labels over the COCO images; lvis_v0.5_* "
+                            "datasets); added to a complete folder of the same seed and scale without rewriting it")
     synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     manifest = write_synthetic(args.out, args.seed, args.scale, progress=not args.quiet, workers=args.workers,
-                                keypoints=args.keypoints)
+                                keypoints=args.keypoints, lvis=args.lvis)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"synthetic data (seed {args.seed}, scale {args.scale}) in {args.out}: {counts}", file=sys.stderr)
     return 0

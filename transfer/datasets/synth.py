@@ -47,14 +47,14 @@ from PIL import Image
 from mocobench import UserError
 from mocobench.atomic import write_json
 from mocobench.progress import Progress
-from mocobench.transfer.datasets import synth_layouts, synth_people
+from mocobench.transfer.datasets import synth_layouts, synth_lvis, synth_people
 from mocobench.transfer.datasets.scene import SceneObject, render_scene
 from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, Splits, SynthSpec, load_synth_spec
 
 MARKER = "SYNTH.json"
 FORMAT = "mocobench-synth"
 GENERATOR_VERSION = 2  # bump when the same seed and scale would draw different images
-PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco")
+PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco", "lvis")
 CLASS_LIST = "classes.txt"  # in VOC2007/ and VOC2012/: the dataset's class names, one a line
 PROGRESS_STEPS = 4          # report each part at quarters of its images
 VOC_ID_FORMATS = {"VOC2007": "{:06d}", "VOC2012": "2012_{:06d}"}  # the real datasets' image ids
@@ -64,7 +64,26 @@ KEYPOINT_IMAGE_IDS = 900_000  # the stick figures' image ids start here, clear o
 
 
 def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
-                    spec: SynthSpec | None = None, workers: int | None = None, keypoints: bool = False) -> dict:
+                    spec: SynthSpec | None = None, workers: int | None = None, keypoints: bool = False,
+                    lvis: bool = False) -> dict:
+    """``_write_synthetic``, and with ``lvis`` lvis/lvis_v0.5_{train,val}.json (synth_lvis: federated
+    labels over the COCO images, no image drawn), added to a complete folder as the keypoints are."""
+    manifest = _write_synthetic(out, seed, scale, progress=progress, spec=spec, workers=workers, keypoints=keypoints)
+    if not lvis or manifest.get("lvis") == synth_lvis.FINGERPRINT:
+        return manifest
+    out = Path(out)
+    try:
+        counts = synth_lvis.write_lvis(out, seed)
+    except OSError as e:
+        raise UserError(f"{out}: writing the synthetic LVIS files failed ({e.filename or ''} {e.strerror or e}); "
+                        f"its {MARKER} records no LVIS files, and a rerun writes them") from None
+    manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "lvis": synth_lvis.FINGERPRINT}
+    write_json(out / MARKER, manifest)
+    return manifest
+
+
+def _write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
+                     spec: SynthSpec | None = None, workers: int | None = None, keypoints: bool = False) -> dict:
     """Write (or find already written) the synthetic data under ``out``; returns the manifest.
     ``workers``: processes drawing the images (1: this one alone); None: one per core, fewer
     for small data (``IMAGES_PER_WORKER``). The files are the same whatever the number. More

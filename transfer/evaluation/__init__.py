@@ -14,6 +14,7 @@ from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
 from mocobench.transfer.datasets.coco import read_coco_api
 from mocobench.transfer.evaluation.coco import evaluate_coco
 from mocobench.transfer.evaluation.keypoints import evaluate_keypoints
+from mocobench.transfer.evaluation.lvis import evaluate_lvis
 from mocobench.transfer.evaluation.voc import evaluate_voc
 
 
@@ -28,6 +29,8 @@ def evaluate(dataset_name: str, data_root: str | os.PathLike | None,
     if metadata["evaluator_type"] == "pascal_voc":
         records, metadata = get_dataset(dataset_name, data_root)
         return evaluate_voc(records, metadata, detections, source)
+    if metadata["evaluator_type"] == "lvis":  # federated: the lvis package's LVISEval
+        return evaluate_lvis(metadata["json_file"], detections, source)
     with_keypoints = sum(isinstance(d, Mapping) and "keypoints" in d for d in detections)
     if with_keypoints not in (0, len(detections)):
         raise UserError(f"{source}: {with_keypoints} of {len(detections)} detections have keypoints; "

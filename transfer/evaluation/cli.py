@@ -10,7 +10,9 @@ record's id (a VOC file id such as "000005", a COCO image id).
 VOC splits get the devkit AP (11-point for 2007) at IoU 0.50:0.05:0.95 with AP, AP50, AP75
 and per-class AP50; COCO splits get pycocotools' AP, AP50, AP75, APs, APm, APl for boxes
 and, when the detections have masks, for masks; keypoints_coco_* splits add keypoint AP, AP50,
-AP75, APm, APl (OKS with COCO's person sigmas unless --oks-sigmas). Numbers are in percent.
+AP75, APm, APl (OKS with COCO's person sigmas unless --oks-sigmas); lvis_v0.5_* splits get the lvis
+package's federated AP, AP50, AP75, APs, APm, APl, APr, APc, APf for boxes and masks ("category_id"
+is the LVIS id, 1..N). Numbers are in percent.
 """
 
 from __future__ import annotations

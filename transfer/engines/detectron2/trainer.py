@@ -1,6 +1,6 @@
 """detectron2's DefaultTrainer for our jobs: the evaluator each dataset's evaluator_type
 names (PascalVOCDetectionEvaluator / COCOEvaluator, as the MoCo authors' train_net; keypoint AP
-with TEST.KEYPOINT_OKS_SIGMAS), the
+with TEST.KEYPOINT_OKS_SIGMAS; LVISEvaluator for LVIS, as detectron2's train_net), the
 reduced DC5 backbone when MODEL.DC5.CONV_DIM asks for it, metrics.jsonl instead of
 detectron2's metrics.json event log, and CPU-capable sync BN under gloo."""
 
@@ -21,6 +21,7 @@ from detectron2.utils.events import CommonMetricPrinter
 from mocobench.transfer.engines.detectron2 import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from mocobench.transfer.engines.detectron2.backbone import NAME as REDUCED_DC5, uses_reduced_dc5
 from mocobench.transfer.engines.detectron2.events import JsonlEventWriter
+from mocobench.transfer.engines.detectron2.lvis import LVISEvaluator
 
 JSONL = "metrics.jsonl"
 
@@ -55,6 +56,8 @@ class Trainer(DefaultTrainer):
         kind = MetadataCatalog.get(dataset_name).evaluator_type
         if kind == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
+        if kind == "lvis":
+            return LVISEvaluator(dataset_name, distributed=True)
         return COCOEvaluator(dataset_name, distributed=True, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
 
     def build_writers(self):

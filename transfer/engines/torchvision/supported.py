@@ -49,6 +49,10 @@ def check_supported(cfg: CfgNode, defaults: CfgNode, source: str) -> None:
     if cfg.MODEL.KEYPOINT_ON:  # the one unsupported key with a whole table behind it: say where it runs
         raise UserError(f"{source}: MODEL.KEYPOINT_ON is True, but the torchvision engine has no keypoint head; "
                         "keypoint R-CNN (the COCO keypoint table) runs on --engine detectron2")
+    lvis = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n.startswith("lvis_")]
+    if lvis:  # federated labels, repeat-factor sampling and LVISEval: the LVIS table's engine is detectron2
+        raise UserError(f"{source}: dataset {lvis[0]} is LVIS, whose federated training and evaluation the "
+                        "torchvision engine does not implement; the LVIS table runs on --engine detectron2")
     for key in differing_keys(cfg, defaults):
         if not _honoured(key):
             raise UserError(f"{source}: config key {key} is set to {cfg_value(cfg, key)!r}, which the "
