@@ -5,7 +5,9 @@
 ``<root>/coco/{<split><year>,annotations/instances_<split><year>.json}``. The root is the
 ``data_root`` argument, else ``$DETECTRON2_DATASETS``, else ``datasets`` (detectron2's rule); the ``keypoints_coco_<year>_<split>`` names read the same
 images with ``annotations/person_keypoints_<split><year>.json``, and the ``lvis_v0.5_*`` names
-``<root>/lvis/lvis_v0.5_<split>.json`` with COCO's images (transfer/datasets/lvis.py),
+``<root>/lvis/lvis_v0.5_<split>.json`` with COCO's images (transfer/datasets/lvis.py), and the
+``cityscapes_fine_instance_seg_<split>`` names ``<root>/cityscapes/{leftImg8bit,gtFine}/<split>``
+(transfer/datasets/cityscapes.py),
 so a tree prepared for detectron2 works unchanged with both engines. ``check_images`` also
 holds each image's header to the size its annotation gives (as detectron2 does when it reads
 the image) and returns what loading dropped or changed, for the run's metadata.
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mocobench import UserError
+from mocobench.transfer.datasets.cityscapes import (CITYSCAPES_BUILTIN, cityscapes_metadata,
+                                                    load_cityscapes_records, polygons_file)
 from mocobench.transfer.datasets.coco import coco_metadata, load_coco_records, read_coco_api
 from mocobench.transfer.datasets.coco_keypoints import keypoint_metadata
 from mocobench.transfer.datasets.lvis import LVIS_BUILTIN, load_lvis_records, lvis_metadata, read_lvis
@@ -49,7 +53,7 @@ KEYPOINTS_BUILTIN = {
 
 def dataset_names() -> list[str]:
     """The builtin names; ``voc_<year>_<split>`` is accepted for any other split too."""
-    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN]
+    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN, *CITYSCAPES_BUILTIN]
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -84,8 +88,11 @@ def _resolve(name: str, data_root: str | os.PathLike | None
         meta = {**lvis_metadata(data, name), "evaluator_type": "lvis", "json_file": json_file,
                 "image_root": image_root}
         return meta, lambda: load_lvis_records(data, json_file, image_root)
+    if name in CITYSCAPES_BUILTIN:
+        image_dir, gt_dir = (str((root / p).resolve()) for p in CITYSCAPES_BUILTIN[name])
+        return cityscapes_metadata(image_dir, gt_dir), lambda: load_cityscapes_records(image_dir, gt_dir)
     raise UserError(f"unknown dataset {name!r}: expected voc_<year>_<split> or one of "
-                    f"{', '.join([*COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN])}")
+                    f"{', '.join(dataset_names()[len(VOC_BUILTIN):])}")
 
 
 def get_metadata(name: str, data_root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -99,9 +106,11 @@ def get_dataset(name: str, data_root: str | os.PathLike | None = None
 
 
 def annotation_file(record: dict[str, Any], meta: dict[str, Any]) -> str:
-    """The file that gave the record its size: its VOC XML, or the COCO JSON."""
+    """The file that gave the record its size: its VOC XML, the COCO/LVIS JSON or its Cityscapes polygons."""
     if meta["evaluator_type"] == "pascal_voc":
         return str(Path(meta["dirname"]) / "Annotations" / f"{record['image_id']}.xml")
+    if meta["evaluator_type"] == "cityscapes_instance":
+        return str(polygons_file(record["file_name"], meta["gt_dir"]))
     return meta["json_file"]
 
 

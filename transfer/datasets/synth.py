@@ -47,14 +47,14 @@ from PIL import Image
 from mocobench import UserError
 from mocobench.atomic import write_json
 from mocobench.progress import Progress
-from mocobench.transfer.datasets import synth_layouts, synth_lvis, synth_people
+from mocobench.transfer.datasets import synth_cityscapes, synth_layouts, synth_lvis, synth_people
 from mocobench.transfer.datasets.scene import SceneObject, render_scene
 from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, Splits, SynthSpec, load_synth_spec
 
 MARKER = "SYNTH.json"
 FORMAT = "mocobench-synth"
 GENERATOR_VERSION = 2  # bump when the same seed and scale would draw different images
-PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco", "lvis")
+PARTS = ("unlabeled", "classify", "VOC2007", "VOC2012", "coco", "lvis", "cityscapes")
 CLASS_LIST = "classes.txt"  # in VOC2007/ and VOC2012/: the dataset's class names, one a line
 PROGRESS_STEPS = 4          # report each part at quarters of its images
 VOC_ID_FORMATS = {"VOC2007": "{:06d}", "VOC2012": "2012_{:06d}"}  # the real datasets' image ids
@@ -65,10 +65,19 @@ KEYPOINT_IMAGE_IDS = 900_000  # the stick figures' image ids start here, clear o
 
 def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
                     spec: SynthSpec | None = None, workers: int | None = None, keypoints: bool = False,
-                    lvis: bool = False) -> dict:
-    """``_write_synthetic``, and with ``lvis`` lvis/lvis_v0.5_{train,val}.json (synth_lvis: federated
-    labels over the COCO images, no image drawn), added to a complete folder as the keypoints are."""
+                    lvis: bool = False, cityscapes: bool = False) -> dict:
+    """``_write_synthetic``; with ``cityscapes`` the cityscapes/ frames (synth_cityscapes), and with
+    ``lvis`` lvis/lvis_v0.5_{train,val}.json (synth_lvis: federated labels over the COCO images, no
+    image drawn), each added to a complete folder as the keypoints are."""
     manifest = _write_synthetic(out, seed, scale, progress=progress, spec=spec, workers=workers, keypoints=keypoints)
+    spec = spec or load_synth_spec()
+    digest = _cityscapes_digest(spec, scale)
+    if cityscapes and manifest.get("cityscapes") != digest:
+        writer = _Writer(Path(out), seed, spec, spec.scales[scale], progress, base=False, cityscapes=True)
+        counts = _write_parts(writer, workers, Path(out), f"its {MARKER} records no Cityscapes frames, and a "
+                              "rerun writes them")
+        manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "cityscapes": digest}
+        write_json(Path(out) / MARKER, manifest)
     if not lvis or manifest.get("lvis") == synth_lvis.FINGERPRINT:
         return manifest
     out = Path(out)
@@ -150,11 +159,18 @@ def _keypoints_digest(spec: SynthSpec, scale: str) -> str:
     return hashlib.sha256(json.dumps(used, default=dataclasses.asdict, sort_keys=True).encode()).hexdigest()
 
 
+def _cityscapes_digest(spec: SynthSpec, scale: str) -> str:
+    """Fingerprint of what shapes the Cityscapes frames (a changed one rewrites them)."""
+    used = {"cityscapes": spec.scales[scale].cityscapes, "render": spec.render, "generator": GENERATOR_VERSION,
+            "classes": spec.classes[: spec.scales[scale].classes], "frames": synth_cityscapes.VERSION}
+    return hashlib.sha256(json.dumps(used, default=dataclasses.asdict, sort_keys=True).encode()).hexdigest()
+
+
 def _digest(spec: SynthSpec, scale: str) -> str:
     """Fingerprint of everything in synth_scales.yaml that shapes this scale's files, so data
     written before an edit of the YAML is not mistaken for data written after it."""
-    # the keypoint part has its own fingerprint, so data written before it existed stays valid
-    chosen = {k: v for k, v in dataclasses.asdict(spec.scales[scale]).items() if k != "coco_keypoints"}
+    # the keypoint and Cityscapes parts have their own fingerprints, so data written before they existed stays valid
+    chosen = {k: v for k, v in dataclasses.asdict(spec.scales[scale]).items() if k not in ("coco_keypoints", "cityscapes")}
     used = {"scale": chosen, "render": spec.render, "jpeg_quality": spec.jpeg_quality,
             "classes": spec.classes[: spec.scales[scale].classes]}
     text = json.dumps(used, default=lambda d: dataclasses.asdict(d), sort_keys=True)
@@ -203,9 +219,9 @@ class _Writer:
     """Draws and writes the parts of one scale; each image from its own seeded Generator."""
 
     def __init__(self, out: Path, seed: int, spec: SynthSpec, scale: Scale, progress: bool,
-                 keypoints: bool = False, base: bool = True) -> None:
+                 keypoints: bool = False, base: bool = True, cityscapes: bool = False) -> None:
         self.out, self.seed, self.spec, self.scale, self.progress = out, seed, spec, scale, progress
-        self.keypoints, self.base = keypoints, base
+        self.keypoints, self.base, self.cityscapes = keypoints, base, cityscapes
         self.classes = spec.classes[: scale.classes]
         self.counts: dict[str, int] = {}
         self.coco_annotations = 0  # COCO annotation ids run on across splits, as in the real files
@@ -214,7 +230,9 @@ class _Writer:
     def runs(self) -> list[_Run]:
         people = [_Run(f"coco_keypoints/{split}", "person_image", split, count, "person_files")
                   for split, count in self.scale.coco_keypoints.splits.items()] if self.keypoints else []
-        return (self.base_runs() if self.base else []) + people
+        frames = [_Run(f"cityscapes/{split}", "cityscapes_image", split, count, "cityscapes_files")
+                  for split, count in self.scale.cityscapes.splits.items()] if self.cityscapes else []
+        return (self.base_runs() if self.base else []) + people + frames
 
     def base_runs(self) -> list[_Run]:
         n = len(self.classes)
@@ -372,6 +390,16 @@ class _Writer:
         text = synth_layouts.coco_json([e for e, _ in drawn], annotations, [], f"mocobench synthetic COCO person "
                                        f"keypoints {split}", categories=[synth_people.CATEGORY])
         _write_text(self.out / "coco" / "annotations" / f"person_keypoints_{split}.json", text)
+
+
+    def cityscapes_image(self, split: str, j: int) -> int:
+        """Writes a frame's image and gtFine files under cityscapes/; returns its instance count."""
+        image, doc = synth_cityscapes.render_frame(self.rng(f"cityscapes/{split}", j), self.scale.cityscapes.scene,
+                                                   self.classes, self.spec.render)
+        return synth_cityscapes.write_frame(self.out / "cityscapes", split, j, image, doc)
+
+    def cityscapes_files(self, split: str, instances: list[int]) -> None:
+        self.counts[f"cityscapes/{split}/objects"] = sum(instances)
 
 
 _WORKER: _Writer | None = None  # a pool process's writer, set once by _start_worker

@@ -86,6 +86,7 @@ class Scale:
     voc2012: Splits
     coco: Splits
     coco_keypoints: Splits  # stick figures, written only when asked (``data synth --keypoints``)
+    cityscapes: Splits      # street-like frames, written only when asked (``data synth --cityscapes``)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ LAYOUT_SPLITS = {
     "voc2012": ("train", "val"),
     "coco": ("train2017", "val2017"),
     "coco_keypoints": ("train2017", "val2017"),
+    "cityscapes": ("train", "val"),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from mocobench import UserError
 from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
 from mocobench.transfer.datasets.coco import read_coco_api
+from mocobench.transfer.evaluation.cityscapes import evaluate_cityscapes
 from mocobench.transfer.evaluation.coco import evaluate_coco
 from mocobench.transfer.evaluation.keypoints import evaluate_keypoints
 from mocobench.transfer.evaluation.lvis import evaluate_lvis
@@ -31,6 +32,8 @@ def evaluate(dataset_name: str, data_root: str | os.PathLike | None,
         return evaluate_voc(records, metadata, detections, source)
     if metadata["evaluator_type"] == "lvis":  # federated: the lvis package's LVISEval
         return evaluate_lvis(metadata["json_file"], detections, source)
+    if metadata["evaluator_type"] == "cityscapes_instance":  # cityscapesscripts' instance-level AP
+        return evaluate_cityscapes(metadata["gt_dir"], detections, source)
     with_keypoints = sum(isinstance(d, Mapping) and "keypoints" in d for d in detections)
     if with_keypoints not in (0, len(detections)):
         raise UserError(f"{source}: {with_keypoints} of {len(detections)} detections have keypoints; "

@@ -12,7 +12,9 @@ and per-class AP50; COCO splits get pycocotools' AP, AP50, AP75, APs, APm, APl f
 and, when the detections have masks, for masks; keypoints_coco_* splits add keypoint AP, AP50,
 AP75, APm, APl (OKS with COCO's person sigmas unless --oks-sigmas); lvis_v0.5_* splits get the lvis
 package's federated AP, AP50, AP75, APs, APm, APl, APr, APc, APf for boxes and masks ("category_id"
-is the LVIS id, 1..N). Numbers are in percent.
+is the LVIS id, 1..N); cityscapes_fine_instance_seg_* splits get cityscapesscripts' mask AP and
+AP50 (masks required; "image_id" is the frame's file name, "category_id" its Cityscapes label
+id). Numbers are in percent.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """detectron2's DefaultTrainer for our jobs: the evaluator each dataset's evaluator_type
 names (PascalVOCDetectionEvaluator / COCOEvaluator, as the MoCo authors' train_net; keypoint AP
-with TEST.KEYPOINT_OKS_SIGMAS; LVISEvaluator for LVIS, as detectron2's train_net), the
+with TEST.KEYPOINT_OKS_SIGMAS; LVISEvaluator for LVIS and CityscapesInstanceEvaluator for Cityscapes,
+as detectron2's train_net), the
 reduced DC5 backbone when MODEL.DC5.CONV_DIM asks for it, metrics.jsonl instead of
 detectron2's metrics.json event log, and CPU-capable sync BN under gloo."""
 
@@ -20,6 +21,7 @@ from detectron2.utils.events import CommonMetricPrinter
 
 from mocobench.transfer.engines.detectron2 import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from mocobench.transfer.engines.detectron2.backbone import NAME as REDUCED_DC5, uses_reduced_dc5
+from mocobench.transfer.engines.detectron2.cityscapes import CityscapesInstanceEvaluator
 from mocobench.transfer.engines.detectron2.events import JsonlEventWriter
 from mocobench.transfer.engines.detectron2.lvis import LVISEvaluator
 
@@ -58,6 +60,8 @@ class Trainer(DefaultTrainer):
             return PascalVOCDetectionEvaluator(dataset_name)
         if kind == "lvis":
             return LVISEvaluator(dataset_name, distributed=True)
+        if kind == "cityscapes_instance":
+            return CityscapesInstanceEvaluator(dataset_name)
         return COCOEvaluator(dataset_name, distributed=True, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
 
     def build_writers(self):

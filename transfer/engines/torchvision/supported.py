@@ -53,6 +53,10 @@ def check_supported(cfg: CfgNode, defaults: CfgNode, source: str) -> None:
     if lvis:  # federated labels, repeat-factor sampling and LVISEval: the LVIS table's engine is detectron2
         raise UserError(f"{source}: dataset {lvis[0]} is LVIS, whose federated training and evaluation the "
                         "torchvision engine does not implement; the LVIS table runs on --engine detectron2")
+    city = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n.startswith("cityscapes_")]
+    if city:  # its frame-name image ids and cityscapesscripts' evaluation are wired to detectron2's engine only
+        raise UserError(f"{source}: dataset {city[0]} is Cityscapes, which the torchvision engine does not run; "
+                        "the Cityscapes table runs on --engine detectron2")
     for key in differing_keys(cfg, defaults):
         if not _honoured(key):
             raise UserError(f"{source}: config key {key} is set to {cfg_value(cfg, key)!r}, which the "
