@@ -340,7 +340,7 @@ def end_to_end(sizes: Sizes, device: torch.device, results: dict, deadline: floa
             ["pretrain", "--config", str(config_path("pretrain/moco_v2_demo.yaml")), "--data", str(t / "data" / "unlabeled"),
              "--output-dir", str(t / "pretrain"), *sizes.pretrain_e2e], torchrun=p))
         ok = ok and finish("convert", Command(["convert", str(t / "pretrain" / "checkpoint_0001.pth.tar"),
-                                               str(t / "moco.pkl")]))
+                                               str(t / "moco.pkl"), "--encoder", "query"]))
         # the two jobs are independent: started together, they overlap their start-up and imports
         jobs = {name: Command(["transfer", "--config", str(config_path(f"detection/demo/{config}")),
                                "--weights", str(t / "moco.pkl"), "--output-dir", str(t / name),

@@ -2,8 +2,12 @@
 
 Weights come from the internet (the MoCo authors' releases, model zoos), so a pickle must
 not be able to call arbitrary functions: torch files load with ``weights_only=True`` and
-plain pickles (detectron2 / MSRA ``.pkl``) through an unpickler that only builds numpy
-arrays and dicts. Every failure becomes a one-line ``UserError`` naming the file.
+plain pickles (detectron2 / MSRA ``.pkl``, deepmind/byol's JAX ``.pkl``) through an unpickler
+that only builds numpy arrays and dicts. Classes a known checkpoint pickles beside its weights
+are read as plain containers by stand-ins of ours, never by importing them: deepmind/byol's
+experiment-state named tuple and haiku's mappings (as dicts; its optimizer state is dropped), and
+the omegaconf configs Lightning saves as ``hyper_parameters`` (solo-learn's cfg; as dicts and
+lists). Any other class is refused. Every failure becomes a one-line ``UserError`` naming the file.
 """
 
 from __future__ import annotations
@@ -38,11 +42,150 @@ _PICKLE_GLOBALS = {
 _TORCH_ADVICE = ("Weights only load failed", "Check the doc", "Please file an issue")
 
 
+# ---- stand-ins: the classes of known checkpoints, rebuilt as plain containers ----------------
+# deepmind/byol (byol/byol_experiment.py, byol/utils/checkpointing.py: dill protocol 2 of numpy
+# arrays): the experiment state is a NamedTuple (pickled as NEWOBJ of the class with its fields),
+# haiku's params / state are FlatMapping(dict) (haiku/_src/data_structures.py: FlatMap's
+# __reduce__ names FlatMapping; older haiku frozendict(dict)).
+_BYOL_FIELDS = ("online_params", "target_params", "online_state", "target_state", "opt_state")
+
+
+class _ByolExperimentState:
+    """byol_experiment._ByolExperimentState as the dict of its fields (the optimizer state dropped)."""
+
+    def __new__(cls, *fields: Any) -> dict:  # type: ignore[misc]
+        return {k: v for k, v in zip(_BYOL_FIELDS, fields) if k != "opt_state"}
+
+
+class _Dropped:
+    """An optimizer-state named tuple (optax's / byol's LARS): read, kept as nothing."""
+
+    def __new__(cls, *fields: Any, **named: Any) -> None:  # type: ignore[misc]
+        return None
+
+
+def _mapping(*args: Any) -> dict:
+    """haiku's FlatMapping / FlatMap / frozendict, rebuilt from the dict they pickle as."""
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise pickle.UnpicklingError("a haiku mapping that is not pickled as one dict")
+    return dict(args[0])
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """_codecs.encode as protocol-2 pickles use it for bytes (str.encode, latin-1 only)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _jax_array(fun: Any, args: Any, arr_state: Any, aval_state: Any = None) -> np.ndarray:
+    """A jax array as later jax pickles it (jax._src.array._reconstruct_array, older
+    jax._src.device_array.reconstruct_device_array: numpy's own reconstruction, then the jax
+    metadata): the numpy array alone. 2020's DeviceArray pickled as a numpy array already."""
+    if fun is not np.empty(0).__reduce__()[0] or not isinstance(args, tuple):
+        raise pickle.UnpicklingError("a jax array not rebuilt by numpy's _reconstruct")
+    value = fun(*args)
+    value.__setstate__(arr_state)
+    return value
+
+
+_PICKLE_STAND_INS = {
+    ("_codecs", "encode"): _latin1,
+    ("jax._src.array", "_reconstruct_array"): _jax_array,
+    ("jax._src.device_array", "reconstruct_device_array"): _jax_array,
+    ("byol.byol_experiment", "_ByolExperimentState"): _ByolExperimentState,
+    **{("haiku._src.data_structures", name): _mapping for name in ("FlatMapping", "FlatMap", "frozendict")},
+    **{(module, name): _Dropped for module, name in (
+        ("byol.utils.optimizers", "ScaleByLarsState"), ("byol.utils.optimizers", "AddWeightDecayState"),
+        ("optax._src.transform", "ScaleState"), ("optax._src.base", "EmptyState"),
+        ("optax._src.transform", "TraceState"), ("optax._src.transform", "ScaleByScheduleState"))},
+}
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_STAND_INS:
+            return _PICKLE_STAND_INS[module, name]
         if (module, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays and dicts)")
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays and dicts, and "
+                                         "deepmind/byol's state and haiku mappings as such)")
         return super().find_class(module, name)
+
+
+# omegaconf (Lightning's hyper_parameters, e.g. solo-learn's cfg: DictConfig pickles as NEWOBJ +
+# BUILD of {'_metadata', '_parent', '_content'}, its nodes' value under '_val'): registered with
+# torch's weights-only loader under omegaconf's names, so torch builds these instead; they keep
+# the state they are given and run nothing, and are replaced by plain dicts / lists after the load.
+class _OmegaConf:
+    built = 0  # stand-ins built in this process (a load that built none skips the replacing walk)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_OmegaConf":
+        _OmegaConf.built += 1
+        return object.__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def plain(self) -> Any:
+        state = getattr(self, "state", None)
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = state[0]
+        if not isinstance(state, dict):
+            return None
+        return _plain(state.get("_content", state.get("_val")), self.container)
+
+    container: Any = None
+
+
+class _DictConfig(_OmegaConf):
+    container = dict
+
+
+class _ListConfig(_OmegaConf):
+    container = list
+
+
+class _DefaultDict(dict):
+    """collections.defaultdict (omegaconf's resolver cache) as a dict; the factory is not kept."""
+
+    def __init__(self, factory: Any = None, *args: Any) -> None:
+        super().__init__()
+
+
+class _Typing:
+    """typing.Any / Dict / List (omegaconf's ref_type / key_type): a name, never called."""
+
+
+_OMEGACONF_NAMES = {
+    "omegaconf.dictconfig.DictConfig": _DictConfig, "omegaconf.listconfig.ListConfig": _ListConfig,
+    **{f"omegaconf.{name}": type(name.rsplit(".", 1)[1], (_OmegaConf,), {}) for name in (
+        "base.ContainerMetadata", "base.Metadata", "nodes.AnyNode", "nodes.StringNode", "nodes.IntegerNode",
+        "nodes.FloatNode", "nodes.BooleanNode", "nodes.BytesNode", "nodes.PathNode", "nodes.EnumNode",
+        "nodes.InterpolationResultNode", "nodes.ValueNode")},
+    "collections.defaultdict": _DefaultDict,
+    **{f"typing.{name}": type(name, (_Typing,), {}) for name in ("Any", "Dict", "List")},
+}
+# omegaconf's metadata names builtin types as values (object_type dict, key_type str ...): the
+# types themselves, whose construction runs nothing but the builtin's own.
+_TORCH_STAND_INS = [*((cls, name) for name, cls in _OMEGACONF_NAMES.items()), dict, list, int, float, str, bool]
+
+
+def _plain(obj: Any, container: Any = None) -> Any:
+    """``obj`` with every omegaconf stand-in replaced by the dict / list / value it holds; a
+    container holding none is returned as it is (a state dict keeps its type)."""
+    if isinstance(obj, _OmegaConf):
+        return obj.plain()
+    if isinstance(obj, dict):
+        items = {k: _plain(v) for k, v in obj.items()}
+        if container is dict or type(obj) is _DefaultDict:
+            return items
+        return obj if all(items[k] is v for k, v in obj.items()) else items
+    if isinstance(obj, (list, tuple)):
+        values = [_plain(v) for v in obj]
+        if container is not list and all(a is b for a, b in zip(values, obj)):
+            return obj
+        return tuple(values) if type(obj) is tuple and container is not list else values
+    return obj
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -55,8 +198,10 @@ def read_checkpoint(path: str | Path) -> Any:
             import torch  # here, not at the top: run-all and collate read .pkl inits without it (~1 s a process)
 
             # argparse.Namespace: training scripts often save their args beside the weights.
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True)
+            built = _OmegaConf.built
+            with torch.serialization.safe_globals([argparse.Namespace, *_TORCH_STAND_INS]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            return _plain(obj) if _OmegaConf.built != built else obj
         with open(path, "rb") as f:
             return _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as e:  # torch and pickle raise many types for bad bytes; all mean the same

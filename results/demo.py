@@ -96,7 +96,10 @@ def build_tasks(cfg: CfgNode, out: Path, engine: str) -> tuple[list[Task], set[s
     ]
     done = {task for task, final in backbones.values() if final.is_file()}
     for init, (task, final) in backbones.items():
-        tasks.append(Task(f"convert-{init}", [["convert", str(final), inits[init]]], (task,), seconds.convert,
+        # the MoCo checkpoint holds the query and key encoders: convert takes the one asked for (the
+        # query, as the MoCo authors' converter); the supervised model_final.pth holds one
+        choose = ["--encoder", "query"] if init == "moco" else []
+        tasks.append(Task(f"convert-{init}", [["convert", str(final), inits[init], *choose]], (task,), seconds.convert,
                           f"{init} backbone -> detectron2 weights"))
         if Path(inits[init]).is_file():
             done.add(f"convert-{init}")

@@ -80,8 +80,9 @@ def eval_jobs(sweep: Sweep, run: Run, out: Path, eval_data: str | None, convert:
                          "--data", str(eval_data), "--output-dir", str(folder / "lincls"), "--resume"],
                         folder / "lincls", True))
     if convert:
-        planned.append(("convert", folder / "init.pkl", ["convert", str(weights), str(folder / "init.pkl")],
-                        folder, False))
+        # the run's MoCo checkpoint holds query and key encoders: the query, as the authors' converter
+        planned.append(("convert", folder / "init.pkl", ["convert", str(weights), str(folder / "init.pkl"),
+                                                         "--encoder", "query"], folder, False))
     jobs = []
     for name, result, args, run_dir, distributed in planned:
         why = "" if name == "convert" or not result.is_file() else usable(sweep, name, result)

@@ -84,7 +84,10 @@ def test_moco_checkpoint_converts_like_the_authors_and_loads_back(name, tmp_path
     src = tmp_path / "checkpoint_0199.pth.tar"
     torch.save(ckpt, src)
 
-    out = cli("convert", src, tmp_path / "moco.pkl")
+    refused = cli("convert", src, tmp_path / "moco.pkl")  # query and key: one must be chosen
+    assert refused.returncode == 2 and "MoCo's own converter" in refused.stderr
+    assert "add --encoder query" in refused.stderr
+    out = cli("convert", src, tmp_path / "moco.pkl", "--encoder", "query")  # what the authors' converter keeps
     assert out.returncode == 0, out.stderr
     assert "format: moco (auto-detected)" in out.stdout and "fc." in out.stdout
     with open(tmp_path / "moco.pkl", "rb") as f:
@@ -117,7 +120,7 @@ def test_torchvision_state_dict_ddp_wrapped(tmp_path):
 def test_detectron2_pkl_passes_through_and_keeps_conventions(tmp_path):
     model = trained_like(MODELS["r34_narrow"][0])
     ckpt = moco_checkpoint(model, head="v2")
-    ours = convert_checkpoint(_save(tmp_path / "m.pth.tar", ckpt))
+    ours = convert_checkpoint(_save(tmp_path / "m.pth.tar", ckpt), encoder="query")
     path = tmp_path / "ours.pkl"
     write_pickle(path, ours.file_contents())  # as the CLI writes it
     again = convert_checkpoint(path)

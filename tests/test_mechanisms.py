@@ -155,7 +155,8 @@ def test_mechanism_trains_and_converts_like_moco(mechanism, K, tmp_path, capsys)
     state = torch.load(out / "checkpoint_0001.pth.tar", weights_only=True)["state_dict"]
     assert not any(k.startswith("module.encoder_k.") for k in state)
     assert ("module.bank" in state) == (mechanism == "memory_bank")
-    assert main(["convert", str(out / "checkpoint_0001.pth.tar"), str(tmp_path / "init.pkl")]) == 0
+    assert main(["convert", str(out / "checkpoint_0001.pth.tar"), str(tmp_path / "init.pkl"),
+                 "--encoder", "query"]) == 0
     assert "format: moco" in capsys.readouterr().out
     with open(tmp_path / "init.pkl", "rb") as f:
         converted = pickle.load(f)["model"]

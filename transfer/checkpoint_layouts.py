@@ -2,10 +2,13 @@
 
 A row says where the state dict sits in the file (a path of keys from the top), the prefix of
 the trunk's torchvision-named parameters inside it, the candidate encoders (online / momentum,
-student / teacher) and which one the framework's own export takes, the keys that mark the
-framework (tie-breaks between rows that read the same trunk) and what the weights expect as
-input. Each row was read from the framework's own source, named in the comment beside it.
-``module.`` (DDP) before a prefix is always accepted; a trunk without it reads the same.
+student / teacher) and which one the framework's own export or evaluation takes (only the hint
+of the error a file holding two different encoders is: one must be chosen with --encoder), the
+keys that mark the framework (tie-breaks between rows that read the same trunk) and what the
+weights expect as input. Each row was read from the framework's own source, named in the
+comment beside it. ``module.`` (DDP) before a prefix is always accepted; a trunk without it
+reads the same. A row whose file is not a PyTorch state dict (deepmind/byol's haiku pickle)
+has a ``reader`` that turns the file into torchvision-named state dicts first.
 
 Every family here trains torchvision-style ResNets on RGB input normalised with the ImageNet
 mean/std, stride on the 3x3 conv (STRIDE_IN_1X1 False); only MSRA/Caffe2 files differ
@@ -15,9 +18,10 @@ mean/std, stride on the 3x3 conv (STRIDE_IN_1X1 False); only MSRA/Caffe2 files d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from mocobench.conventions import RGB_IMAGENET
+from mocobench.transfer.haiku_names import BYOL_EXPORT, read_byol_jax
 
 Spec = tuple[tuple[str, ...], str]  # (keys from the top of the file to the state dict, trunk prefix)
 TOP: tuple[str, ...] = ()
@@ -29,12 +33,19 @@ MODEL = ("model",)
 class Layout:
     name: str
     encoders: dict[str, tuple[Spec, ...]]  # encoder -> where it may sit (first that matches wins)
-    default: Optional[str] = None  # taken when none is chosen: what the framework's own export takes
+    # The encoder the framework's own export / evaluation takes, and who takes it: named in the
+    # error for a file holding two different encoders ("MoCo's own converter takes query: add
+    # --encoder query"), never taken unasked.
+    exported: Optional[str] = None
+    exporter: str = ""
     markers: tuple[str, ...] = ()  # top-level keys or state-dict key prefixes typical of the framework
     heads: tuple[str, ...] = ()  # state-dict prefixes that are heads, projectors, queues: dropped quietly
     children: bool = False  # trunk saved as nn.Sequential(*resnet.children()[:-1]): 0.weight, 4.0.conv1 ...
     conventions: dict = field(default_factory=lambda: dict(RGB_IMAGENET))
     reads: str = ""  # one line for the README / --help
+    # (path, the file's object) -> {name: torchvision-named state dict} the encoders' specs read,
+    # or None when the file is not of this layout; None for the PyTorch layouts (read as they are).
+    reader: Optional[Callable] = None
 
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -50,21 +61,23 @@ LAYOUTS: tuple[Layout, ...] = (
     # MoCo v1/v2: facebookresearch/moco main_moco.py saves {'epoch', 'arch', 'state_dict',
     # 'optimizer'} of a DDP MoCo (moco/builder.py: encoder_q, encoder_k, queue); its
     # detection/convert-pretrain-to-detectron2.py and main_lincls.py keep encoder_q only.
-    Layout("moco", {"query": ((SD, "encoder_q."),), "key": ((SD, "encoder_k."),)}, default="query",
+    Layout("moco", {"query": ((SD, "encoder_q."),), "key": ((SD, "encoder_k."),)}, exported="query",
+           exporter="MoCo's own converter (detection/convert-pretrain-to-detectron2.py)",
            markers=("queue", "queue_ptr", "bank"), heads=("queue", "queue_ptr", "bank"),
            reads="MoCo v1/v2 (and mocobench pretrain): state_dict module.encoder_q."),
     # MoCo v3: facebookresearch/moco-v3 main_moco.py saves {'state_dict': DDP MoCo_ResNet}
     # (moco/builder.py: base_encoder, momentum_encoder, predictor); main_lincls.py (read) keeps
     # module.base_encoder. without its fc (the projector).
     Layout("mocov3", {"base": ((SD, "base_encoder."),), "momentum": ((SD, "momentum_encoder."),)},
-           default="base", markers=("predictor.",), heads=("predictor.",),
+           exported="base", exporter="MoCo v3's main_lincls.py", markers=("predictor.",), heads=("predictor.",),
            reads="MoCo v3: state_dict module.base_encoder."),
     # DINO: facebookresearch/dino main_dino.py saves {'student', 'teacher', 'optimizer', 'epoch',
     # 'args', 'dino_loss'}; both are MultiCropWrapper(backbone, head), the teacher DDP-wrapped only
-    # when it has BN (a ResNet: module.backbone.). eval_linear.py's --checkpoint_key picks one,
-    # so neither is taken unasked here.
+    # when it has BN (a ResNet: module.backbone.). eval_linear.py's --checkpoint_key picks one
+    # (default teacher).
     Layout("dino", {"teacher": ((("teacher",), "backbone."),), "student": ((("student",), "backbone."),)},
-           markers=("dino_loss",), heads=("head.",), reads="DINO full checkpoint: student / teacher module.backbone."),
+           exported="teacher", exporter="DINO's eval_linear.py (--checkpoint_key teacher)", markers=("dino_loss",),
+           heads=("head.",), reads="DINO full checkpoint: student / teacher module.backbone."),
     # VISSL: a checkpoint is {'classy_state_dict': {'base_model': {'model': {'trunk', 'heads'}}}};
     # the ResNe(X)t trunk (vissl/models/trunks/resnext.py, read) is an nn.ModuleDict
     # '_feature_blocks' of torchvision's modules; extra_scripts/convert_vissl_to_torchvision.py
@@ -79,7 +92,8 @@ LAYOUTS: tuple[Layout, ...] = (
     # tools/model_converters/extract_backbone_weights.py (open-mmlab/mmselfsup, read) keeps 'backbone.'.
     Layout("mmselfsup", {"backbone": ((SD, "backbone."), (SD, "encoder_q.0."), (SD, "online_net.0.")),
                          "momentum": ((SD, "momentum_encoder.module.0."), (SD, "encoder_k.0."), (SD, "target_net.0."))},
-           default="backbone", markers=("meta", "message_hub", "neck."),
+           exported="backbone", exporter="mmselfsup's extract_backbone_weights.py",
+           markers=("meta", "message_hub", "neck."),
            heads=("neck.", "head.", "momentum_encoder.", "target_net.", "online_net.", "encoder_q.", "encoder_k.",
                   "queue", "data_preprocessor."),
            reads="mmselfsup / mmpretrain: state_dict backbone."),
@@ -90,7 +104,8 @@ LAYOUTS: tuple[Layout, ...] = (
     # checkpoints: 'encoder.').
     Layout("lightning", {"backbone": ((SD, "backbone."), (SD, "encoder.")),
                          "momentum": ((SD, "momentum_backbone."), (SD, "momentum_encoder."))},
-           default="backbone", markers=("pytorch-lightning_version", "projector.", "classifier."),
+           exported="backbone", exporter="solo-learn's main_linear.py",
+           markers=("pytorch-lightning_version", "projector.", "classifier."),
            heads=("projector.", "classifier.", "momentum_projector.", "predictor.", "prototypes.", "head."),
            reads="solo-learn / PyTorch Lightning: state_dict backbone."),
     # lightly: its examples (lightly-ai/lightly examples/pytorch*/byol.py ..., read through the
@@ -98,16 +113,18 @@ LAYOUTS: tuple[Layout, ...] = (
     # backbone_momentum deepcopy, in a LightningModule; its benchmarks keep the torchvision names.
     Layout("lightly", {"backbone": ((SD, "backbone."), (TOP, "backbone."), (TOP, "")),
                        "momentum": ((SD, "backbone_momentum."), (TOP, "backbone_momentum."))},
-           default="backbone", markers=("projection_head.", "prediction_head.", "backbone_momentum."),
+           exported="backbone", exporter="lightly's examples (which evaluate backbone)",
+           markers=("projection_head.", "prediction_head.", "backbone_momentum."),
            heads=("projection_head.", "prediction_head.", "projection_head_momentum."), children=True,
            reads="lightly: backbone nn.Sequential(resnet children), bare or under state_dict"),
     # BYOL: lucidrains/byol-pytorch (byol_pytorch/byol_pytorch.py, read): BYOL(net) registers net,
     # online_encoder (NetWrapper: .net is the same module, + projector), target_encoder (an EMA
     # deepcopy) and online_predictor; its README saves the bare net (torchvision names).
-    # deepmind/byol (JAX/haiku pickles) is not read: other names and HWIO kernels.
+    # deepmind/byol (JAX / haiku) is the byol_jax row below.
     Layout("byol", {"online": ((TOP, "online_encoder.net."), (TOP, "net."), (SD, "online_encoder.net.")),
                     "target": ((TOP, "target_encoder.net."), (SD, "target_encoder.net."))},
-           default="online", markers=("online_predictor.", "target_encoder."),
+           exported="online", exporter="byol-pytorch (its README saves net, the online network)",
+           markers=("online_predictor.", "target_encoder."),
            heads=("online_predictor.", "online_encoder.projector.", "target_encoder.projector.", "net.fc."),
            reads="BYOL (byol-pytorch learner): online_encoder.net."),
     # SwAV (and DeepCluster-v2): facebookresearch/swav main_swav.py saves {'state_dict': DDP
@@ -134,16 +151,25 @@ LAYOUTS: tuple[Layout, ...] = (
     # encoder_k = Sequential(backbone, neck), self.backbone = encoder_q[0] (so 'backbone.' and
     # 'encoder_q.0.' hold the same tensors), queue, queue2; its extract tool keeps 'backbone.'.
     Layout("densecl", {"query": ((SD, "backbone."), (SD, "encoder_q.0.")), "key": ((SD, "encoder_k.0."),)},
-           default="query", markers=("queue2", "queue2_ptr"),
+           exported="query", exporter="DenseCL's extract tool (backbone = encoder_q.0)",
+           markers=("queue2", "queue2_ptr"),
            heads=("encoder_q.", "head.", "queue", "queue_ptr", "queue2"),
            reads="DenseCL: state_dict backbone. (= encoder_q.0.)"),
     # PixPro: zdaxie/PixPro main_pretrain.py saves {'opt', 'model': DDP PixPro (encoder,
     # encoder_k, projector(_k), predictor, value_transform), 'optimizer', 'scheduler', 'epoch'};
     # zdaxie/PixPro/transfer/detection/convert_pretrain_to_d2.py (read) keeps 'module.encoder.'.
-    Layout("pixpro", {"encoder": ((MODEL, "encoder."),), "key": ((MODEL, "encoder_k."),)}, default="encoder",
+    Layout("pixpro", {"encoder": ((MODEL, "encoder."),), "key": ((MODEL, "encoder_k."),)}, exported="encoder",
+           exporter="PixPro's convert_pretrain_to_d2.py",
            markers=("projector_k.", "value_transform."),
            heads=("projector.", "projector_k.", "predictor.", "value_transform."),
            reads="PixPro: model module.encoder."),
+    # deepmind/byol (JAX / haiku): a pickle of haiku parameters and BN state, read by
+    # transfer/haiku_names.py (its docstring names the sources read and what is not read) into
+    # torchvision names and OIHW kernels; online / target are the two encoders.
+    Layout("byol_jax", {"online": ((("online_params",), ""),), "target": ((("target_params",), ""),)},
+           exported="online", exporter=BYOL_EXPORT, markers=("experiment_state", "online_state", "target_state"),
+           heads=("projector", "predictor", "classifier"), reader=read_byol_jax,
+           reads="deepmind/byol (JAX): pretrain_res50x1.pkl, experiment_state online_params / online_state"),
 )
 
 BY_NAME = {layout.name: layout for layout in LAYOUTS}

@@ -27,7 +27,7 @@ from mocobench.transfer.caffe2_names import caffe2_to_d2, looks_like_caffe2
 from mocobench.checkpoints import check_weights, read_checkpoint, weights_dict
 from mocobench.conventions import BGR_CAFFE, DDP_PREFIX, INPUT_FORMATS, RGB_IMAGENET
 from mocobench.transfer.checkpoint_layouts import LAYOUTS
-from mocobench.transfer.trunk_select import select_trunk
+from mocobench.transfer.trunk_select import EncoderChoiceNeeded, select_trunk
 from mocobench.transfer.untrained import untrained_reason
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,11 @@ def convert_checkpoint(path: str | Path, fmt: str = "auto", *, key: Optional[str
     """Read any supported backbone checkpoint and return validated detectron2 weights.
 
     ``fmt`` forces a layout (``FORMATS``), ``key`` ('a/b') the nested dict holding the state
-    dict, ``encoder`` one of a layout's candidate encoders. An untrained-looking trunk is an
-    error unless ``allow_untrained`` (the convert command's default is False; jobs reading
-    weights only note it).
+    dict, ``encoder`` one of a layout's candidate encoders: a file holding two different encoders
+    (MoCo's query / key, DINO's teacher / student, ...) is an ``EncoderChoiceNeeded`` error naming
+    them unless ``encoder`` or ``key`` chooses (the suite's own MoCo checkpoints: encoder="query").
+    An untrained-looking trunk is an error unless ``allow_untrained`` (the convert command's
+    default is False; jobs reading weights only note it).
     """
     path = Path(path)
     if fmt != "auto" and fmt not in FORMATS:
@@ -112,9 +114,15 @@ def load_detectron2_weights(path: str | Path) -> tuple[dict[str, np.ndarray], di
 
     A converted .pkl passes straight through; a checkpoint of any layout is converted on the
     fly (auto-detected; an untrained-looking trunk is a warning here, not an error), so
-    MODEL.WEIGHTS may name either.
+    MODEL.WEIGHTS may name either. A file holding two different encoders (a MoCo checkpoint's
+    query and key) is an error here too, saying how to convert it choosing one: a job has no
+    --encoder.
     """
-    converted = convert_checkpoint(path)
+    try:
+        converted = convert_checkpoint(path)
+    except EncoderChoiceNeeded as e:
+        raise UserError(f"{e.found}; {e.taken + '; ' if e.taken else ''}convert it first: mocobench convert "
+                        f"{path} OUT.pkl --encoder {e.hint or '|'.join(e.choices)}") from None
     for line in converted.notes:
         log.log(logging.WARNING if line.startswith("warning: ") else logging.INFO, "%s: %s", path, line)
     return converted.model, converted.meta

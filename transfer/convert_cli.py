@@ -2,13 +2,15 @@
 
 Reads, by auto-detection or --format, the layouts of transfer/checkpoint_layouts.py
 (torchvision, timm, MoCo v1/v2/v3, DINO, VISSL, mmselfsup / mmpretrain, solo-learn and other
-Lightning modules, lightly, BYOL, SwAV, VICReg, Barlow Twins, SimSiam, DenseCL, PixPro) and
-detectron2 files (a detectron2 .pkl/.pth, or a Caffe2/MSRA .pkl with res2_0_branch2a_w names).
-The layout whose trunk prefix matches the most ResNet parameters wins; --key names the nested
-dict holding the state dict ('a/b'), --encoder one of two encoders in one file (DINO's student /
-teacher must be chosen; MoCo, BYOL and the momentum methods default to the encoder their own
-export takes, said in the output). Heads and projectors are dropped; any other key left out
-is listed.
+Lightning modules, lightly, BYOL (byol-pytorch, and deepmind/byol's JAX pickles), SwAV, VICReg,
+Barlow Twins, SimSiam, DenseCL, PixPro) and detectron2 files (a detectron2 .pkl/.pth, or a
+Caffe2/MSRA .pkl with res2_0_branch2a_w names). The layout whose trunk prefix matches the most
+ResNet parameters wins; --key names the nested dict holding the state dict ('a/b'), --encoder
+one of two encoders in one file. A file holding two different encoders (MoCo's query / key,
+DINO's teacher / student, BYOL's online / target, a momentum encoder) is an error naming them,
+where they sit and which one the framework's own export takes, until --encoder (or --key)
+chooses; the suite's own MoCo checkpoints convert with --encoder query. Heads and projectors
+are dropped; any other key left out is listed.
 
 Depth and width are inferred from the tensor shapes and checked against mocobench's
 ResNet of that shape: every trunk parameter must be matched exactly once with the right
@@ -43,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the nested dict holding the state dict, keys joined by '/' "
                              "(e.g. teacher, state_dict_ema, classy_state_dict/base_model/model/trunk)")
     parser.add_argument("--encoder", metavar="NAME",
-                        help="which encoder of a file holding two (e.g. teacher / student, query / key, "
-                             "online / target, model / ema); the error for such a file names them")
+                        help="which encoder of a file holding two different ones (e.g. query / key, teacher / "
+                             "student, online / target, model / ema), required for such a file: the error "
+                             "for it names them and the one the framework's own export takes")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="convert a trunk whose BN layers are all at their initial state (a random init)")
 

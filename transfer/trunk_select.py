@@ -3,10 +3,12 @@
 Each layout's candidate encoders are read out of the file (torchvision names); the layout
 whose trunk prefix matches the most trunk parameters wins (its marker keys break ties). Two
 layouts that read different trunks, or one file with two different encoders (student and
-teacher, online and momentum) and no default, are errors naming the candidates, to be chosen
-with --format / --encoder / --key. Encoders that hold the same tensors (DenseCL's backbone is
-encoder_q.0) are one. A parameter reached twice is an error; every key left out is reported,
-those that are neither another encoder nor a known head separately.
+teacher, query and key, online and target), are errors naming the candidates and where they sit
+(and which one the framework's own export takes), to be chosen with --format / --encoder /
+--key: nothing is taken unasked. Encoders that hold the same tensors (DenseCL's backbone is
+encoder_q.0, a MoCo file saved before the key encoder moved) are one. A parameter reached twice
+is an error; every key left out is reported, those that are neither another encoder nor a known
+head separately.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ class Candidate:
     def same_tensors(self, other: "Candidate") -> bool:
         return self.trunk.keys() == other.trunk.keys() and all(
             _equal(self.trunk[k], other.trunk[k]) for k in self.trunk)
+
+
+class EncoderChoiceNeeded(UserError):
+    """A file holding two different encoders, none chosen. ``found`` is the message up to the
+    advice (file, candidates, where they sit), ``hint`` the encoder the framework's own export
+    takes (or None), ``choices`` the candidates' names; the message ends with how to choose."""
+
+    def __init__(self, found: str, hint: Optional[str], exporter: str, choices: list[str],
+                 keys: Optional[list[str]] = None) -> None:
+        self.found, self.hint, self.choices = found, hint, choices
+        self.taken = f"{exporter} takes {hint}" if hint else ""
+        advice = f"{self.taken}: add --encoder {hint}" if hint else f"choose one with --encoder {'|'.join(choices)}"
+        super().__init__(f"{found}; {advice}" + (f" (or --key {'|'.join(keys)})" if keys else ""))
 
 
 @dataclass
@@ -127,13 +142,16 @@ def _choose(path: Path, layout: Layout, found: list[Candidate], encoder: Optiona
         chosen, how = hits[0], "as given"
     elif len(distinct) == 1:
         chosen, how = distinct[0], "the only one"
-    elif layout.default and any(c.encoder == layout.default for c in distinct):
-        chosen = next(c for c in distinct if c.encoder == layout.default)
-        how = f"what {layout.name}'s own export takes; --encoder to take another"
     else:
-        raise UserError(f"{path}: holds {len(distinct)} candidate encoders: "
-                        + ", ".join(f"{c.encoder} ({c.where}, {c.score} tensors)" for c in distinct)
-                        + f"; choose one with --encoder {'|'.join(c.encoder for c in distinct)} (or --key)")
+        names = [c.encoder for c in distinct]
+        # --key chooses too where each encoder is a state dict of its own (DINO's teacher / student)
+        keys = ["/".join(c.spec[0]) for c in distinct]
+        separate = layout.reader is None and all(keys) and len(set(keys)) == len(keys)
+        raise EncoderChoiceNeeded(
+            f"{path}: holds {len(distinct)} candidate encoders: "
+            + ", ".join(f"{c.encoder} ({c.where}, {c.score} tensors)" for c in distinct),
+            layout.exported if layout.exported in names else None, layout.exporter, names,
+            keys if separate else None)
     others = [c for c in found if c is not chosen]
     if len(layout.encoders) > 1 or others:
         left = sorted({c.encoder for c in others if not c.same_tensors(chosen)})
@@ -147,6 +165,11 @@ def _choose(path: Path, layout: Layout, found: list[Candidate], encoder: Optiona
 
 
 def _candidates(path: Path, root: Mapping, layout: Layout, rerooted: bool) -> list[Candidate]:
+    if layout.reader is not None:  # not a PyTorch state dict: read into torchvision-named ones first
+        root = layout.reader(path, root)
+        if root is None:
+            return []
+        rerooted = False  # the reader takes the file or the dict --key names alike
     out = []
     for name, specs in layout.encoders.items():
         for spec in specs:
@@ -216,7 +239,7 @@ def _markers(root: Mapping, layout: Layout, found: list[Candidate]) -> int:
 
 
 def _first(found: list[Candidate], layout: Layout) -> Candidate:
-    return next((c for c in found if c.encoder == layout.default), found[0])
+    return next((c for c in found if c.encoder == layout.exported), found[0])
 
 
 def _dig(obj: Any, path: tuple[str, ...]) -> Optional[Mapping]:
