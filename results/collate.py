@@ -34,7 +34,7 @@ from mocobench.results.plot import write_delta_plot
 from mocobench.digests import changed, read_digests
 from mocobench.results.plan import expected_digests, recorded_world_size
 from mocobench.results.runs import RunCheck, TableRuns, init_names, table_runs
-from mocobench.results.tables import Init, Table, add_trials_argument, load_inits, resolve_tables, table_files
+from mocobench.results.tables import RANDOM_ROW, Init, Table, add_trials_argument, load_inits, resolve_tables, table_files
 
 STAT_COLUMNS = ["table", "row", "source", "baseline", "metric", "n", "trials", "mean", "std", "delta"]
 
@@ -58,7 +58,7 @@ def measured_stats(table: Table, runs: pd.DataFrame, rows: Sequence[str]) -> pd.
     agg["n"] = agg["n"].fillna(0).astype(int)
     agg["std"] = agg["std"].where(agg["n"] >= 2)
     agg["source"] = "measured"
-    agg["trials"] = table.cfg.TRIALS
+    agg["trials"] = agg["row"].map(table.trials_for)
     agg["baseline"] = agg["row"] == table.cfg.BASELINE
     return agg
 
@@ -120,7 +120,6 @@ class TableResult:
                 self.leads]
 
 
-RANDOM_ROW = "random"  # the init every lead is measured from (the inits files' name for no weights)
 LEAD_SDS = 2.0  # a lead counts as beyond random init's spread above this many of its standard deviations
 
 
@@ -140,7 +139,7 @@ def lead_notes(table: Table, stats: pd.DataFrame) -> tuple[str, list[str]]:
         lead = s["mean"] - ref["mean"]
         if ref["n"] < 2:
             lines.append(f"{row}: {lead:+.1f}; {RANDOM_ROW} init's spread not measured ({int(ref['n'])} trial; "
-                         "TRIALS 2 or more measures it)")
+                         "RANDOM_TRIALS or TRIALS 2 or more measures it)")
             continue
         sds = lead / ref["std"] if ref["std"] > 0 else math.copysign(math.inf, lead) if lead else 0.0
         verdict = "beyond its spread" if sds > LEAD_SDS else "within its spread" if sds >= -LEAD_SDS else "below it"
@@ -153,7 +152,7 @@ def table_result(table: Table, run_root: Path, rows: Sequence[str], inits: dict[
                  ) -> TableResult:
     """The table's numbers (mean, std, n, delta per row and metric), the notes on its missing
     cells and the runs it left out; prints each left-out run."""
-    runs = table_runs(run_root, table.name, table.metrics, belongs(table, inits), table.seeds)
+    runs = table_runs(run_root, table.name, table.metrics, belongs(table, inits), table.seeds_for)
     left_out = [f"{run_dir.relative_to(run_root)}: {why}" for run_dir, why in runs.skipped]
     for line in left_out:
         print(line.replace(": ", ": skipped: ", 1))

@@ -103,15 +103,16 @@ def build_tasks(cfg: CfgNode, out: Path, engine: str) -> tuple[list[Task], set[s
                           f"{init} backbone -> detectron2 weights"))
         if Path(inits[init]).is_file():
             done.add(f"convert-{init}")
-    for entry, table in zip(cfg.TABLES, resolve_tables(list(cfg.TABLES))):
+    for entry, table in zip(cfg.TABLES, resolve_tables(list(cfg.TABLES), trials=cfg.TRIALS)):
         for init in inits:
             command = ["run-all", "--tables", entry, "--inits", str(out / f"inits_{init}.yaml"),
                        "--trials", str(cfg.TRIALS), "--engine", engine, "--output", str(runs),
                        "--data-root", str(data), "--parallel", "1"]
             after = (f"convert-{init}",) if init in backbones else ("data",)
+            trials = table.trials_for(init)
             tasks.append(Task(f"{table.name}/{init}", [command], after,
-                              detection_seconds(seconds, table.name) * cfg.TRIALS,
-                              f"{table.title}, {init} init, {cfg.TRIALS} trial(s)"))
+                              detection_seconds(seconds, table.name) * trials,
+                              f"{table.title}, {init} init, {trials} trial(s)"))
     tasks.append(Task("collate", [["collate", str(runs), "--out", str(out / "report"), "--tables", *cfg.TABLES,
                                    "--trials", str(cfg.TRIALS), "--inits", str(out / INITS_FILE)]],
                       tuple(t.name for t in tasks), seconds.collate, "tables with deltas vs supervised"))

@@ -14,7 +14,7 @@ from typing import Sequence, Tuple
 
 import pandas as pd
 
-from mocobench.results.tables import Table
+from mocobench.results.tables import RANDOM_ROW, Table
 
 MISSING = "—"
 Notes = Sequence[Tuple[str, Sequence[str]]]  # (heading, lines) printed under a table; empty lines: none
@@ -70,7 +70,10 @@ def table_cells(table: Table, stats: pd.DataFrame) -> pd.DataFrame:
 def caption(table: Table) -> str:
     deltas = (f"(delta) vs `{table.cfg.BASELINE}`; published rows vs their own baseline" if table.cfg.BASELINE
               else "absolute numbers, no baseline")  # the paper's Table 3 has none
-    return (f"`{table.name}`: mean over {table.cfg.TRIALS} trial(s), ±std over trials, [n/N] where trials "
+    trials = f"{table.cfg.TRIALS} trial(s)"
+    if table.trials_for(RANDOM_ROW) != table.cfg.TRIALS:
+        trials += f" ({RANDOM_ROW} init: {table.trials_for(RANDOM_ROW)}, the spread each lead is judged by)"
+    return (f"`{table.name}`: mean over {trials}, ±std over trials, [n/N] where trials "
             f"are missing, {deltas}; {MISSING} = no number (the reason is noted under the table).")
 
 

@@ -93,7 +93,7 @@ def changed_inputs(job: PlannedRun, world: int, engine: str) -> list[str]:
 def expand(tables: Sequence[Table], inits: dict[str, Init], output: Path) -> list[PlannedRun]:
     return [PlannedRun(table, init, seed, output / table.name / init.name / seed_dir(seed),
                 table.config_for(init.format))
-            for table in tables for init in select_inits(table, inits) for seed in table.seeds]
+            for table in tables for init in select_inits(table, inits) for seed in table.seeds_for(init.name)]
 
 
 def reference_world_size(table: Table, cfg: CfgNode) -> int:

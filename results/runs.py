@@ -28,9 +28,11 @@ MOVED_ASIDE = re.compile(r"\.(stale|replaced)-\d")
 TASKS = ("bbox", "segm")
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 KEYPOINT_KEYS = ("AP", "AP50", "AP75", "APm", "APl")  # COCO's keypoint AP has no small range
-KNOWN_METRICS = (*(f"{task}/{key}" for task in TASKS for key in KEYS), *(f"keypoints/{k}" for k in KEYPOINT_KEYS))
-KNOWN_HINT = (f"<task>/<key> with task {'|'.join(TASKS)} and key {'|'.join(KEYS)}, or keypoints/<key> with "
-              f"key {'|'.join(KEYPOINT_KEYS)}")
+SEM_SEG_KEYS = ("mIoU", "fwIoU", "mACC", "pACC")  # semantic segmentation (SemSegEvaluator's summary numbers)
+KNOWN_METRICS = (*(f"{task}/{key}" for task in TASKS for key in KEYS), *(f"keypoints/{k}" for k in KEYPOINT_KEYS),
+                 *(f"sem_seg/{k}" for k in SEM_SEG_KEYS))
+KNOWN_HINT = (f"<task>/<key> with task {'|'.join(TASKS)} and key {'|'.join(KEYS)}, keypoints/<key> with "
+              f"key {'|'.join(KEYPOINT_KEYS)}, or sem_seg/<key> with key {'|'.join(SEM_SEG_KEYS)}")
 EVAL_ONLY = "eval-only numbers, not a trained run (meta.eval_only)"
 
 
@@ -195,15 +197,15 @@ class TableRuns:
 
 
 def table_runs(root: str | os.PathLike, table: str, metrics: Sequence[str], check: RunCheck | None = None,
-               seeds: Sequence[int] | None = None) -> TableRuns:
-    """The table's finished runs under ``root/table`` (of ``seeds`` when given), with every run
-    folder left out and every value that is not a number, each with why."""
+               seeds: Callable[[str], Sequence[int]] | None = None) -> TableRuns:
+    """The table's finished runs under ``root/table`` (of ``seeds(init)`` when given), with every
+    run folder left out and every value that is not a number, each with why."""
     out = TableRuns(pd.DataFrame(), [], [])
     records = []
     for init_dir in _init_dirs(Path(root) / table):
         seen: dict[int, Path] = {}
         for run_dir in sorted(p for p in init_dir.iterdir() if p.is_dir()):
-            seed, why = _table_seed(run_dir, seeds)
+            seed, why = _table_seed(run_dir, seeds(init_dir.name) if seeds else None)
             data = None
             if not why:
                 data, why = check_metrics(run_dir)
@@ -236,7 +238,7 @@ def _table_seed(run_dir: Path, seeds: Sequence[int] | None) -> tuple[int | None,
         return None, "a result in a folder not named seed<k>, not collated" if (run_dir / METRICS_FILE).exists() else ""
     seed = int(m.group(1))
     if seeds is not None and seed not in seeds:
-        return None, f"seed {seed} is not one of the table's trials (seeds 0..{max(seeds)})"
+        return None, f"seed {seed} is not one of this row's trials (seeds 0..{max(seeds)})"
     return seed, ""
 
 

@@ -31,6 +31,7 @@ TABLES_DIR = config_path("tables")
 FORMATS = INPUT_FORMATS
 SCALES = ("paper", "demo")
 ENGINES = ("", "torchvision", "detectron2")
+RANDOM_ROW = "random"  # the init every lead is measured from (the inits files' name for no weights)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class Table:
     @property
     def seeds(self) -> list[int]:
         return list(range(self.cfg.TRIALS))
+
+    def trials_for(self, init: str) -> int:
+        """Trials of one row: RANDOM_TRIALS for random init where it is more than TRIALS."""
+        return max(self.cfg.TRIALS, self.cfg.RANDOM_TRIALS) if init == RANDOM_ROW else self.cfg.TRIALS
+
+    def seeds_for(self, init: str) -> list[int]:
+        return list(range(self.trials_for(init)))
 
     def config_for(self, fmt: str) -> Path:
         """The detection config an init of input format ``fmt`` runs with."""
@@ -88,6 +96,8 @@ def _validate(cfg: CfgNode, path: Path) -> None:
         raise UserError(f"{path}: ENGINE must be one of {ENGINES[1:]} or empty (either), got {cfg.ENGINE!r}")
     if cfg.TRIALS < 1:
         raise UserError(f"{path}: TRIALS must be >= 1, got {cfg.TRIALS}")
+    if cfg.RANDOM_TRIALS < 0:
+        raise UserError(f"{path}: RANDOM_TRIALS must be >= 0 (0: as TRIALS), got {cfg.RANDOM_TRIALS}")
     if not cfg.METRICS:
         raise UserError(f"{path}: METRICS is empty; name the columns, e.g. [bbox/AP50, bbox/AP]")
     for m in cfg.METRICS:

@@ -79,8 +79,8 @@ def test_collate_writes_the_expected_table(tmp_path, cli):
     assert md.endswith(EXPECTED_ROWS + "\nWhy a cell is — or has no delta:\n\n- mocov2: no finished run\n\nRuns left out:"
                        "\n\n- test_voc/random/seed1: metrics.json unreadable (JSONDecodeError)\n"
                        "\nLead over random init (bbox/AP50; beyond its spread: more than 2 of its sd):\n\n"
-                       "- supervised: +20.2; random init's spread not measured (1 trial; TRIALS 2 or more measures it)\n"
-                       "- moco: +21.2; random init's spread not measured (1 trial; TRIALS 2 or more measures it)\n")
+                       "- supervised: +20.2; random init's spread not measured (1 trial; RANDOM_TRIALS or TRIALS 2 or more measures it)\n"
+                       "- moco: +21.2; random init's spread not measured (1 trial; RANDOM_TRIALS or TRIALS 2 or more measures it)\n")
 
     wide = pd.read_csv(out / "test_voc.csv", keep_default_na=False)
     assert list(wide.columns) == ["row", "source", "AP50", "AP", "AP75"]
@@ -178,5 +178,37 @@ def test_each_row_lead_over_random_init_is_told_against_its_measured_spread(tmp_
                      "close: +1.0 = +1.0 sd of random init (60.0±1.0, 3 trials): within its spread"]
     one = resolve_tables([table], trials=1)[0]
     _, lines = lead_notes(one, table_result(one, out, list(runs)).stats)
-    assert lines[0] == ("supervised: +21.0; random init's spread not measured (1 trial; TRIALS 2 or more "
+    assert lines[0] == ("supervised: +21.0; random init's spread not measured (1 trial; RANDOM_TRIALS or TRIALS 2 or more "
                         "measures it)")
+
+
+def test_random_trials_measure_the_spread_while_other_rows_run_table_trials(tmp_path):
+    """RANDOM_TRIALS 3 over TRIALS 1: random init's three seeds are collated and give the spread
+    each lead is judged by; another row's seed1 is no trial of its row and is left out; run-all
+    plans three random-init jobs and one per other init."""
+    from mocobench.results.collate import lead_notes, table_result
+    from mocobench.results.plan import expand
+    from mocobench.results.tables import Init
+
+    table = tmp_path / "test_voc.yaml"
+    table.write_text(TABLE.replace("TRIALS: 3", "TRIALS: 1\nRANDOM_TRIALS: 3"))
+    out = tmp_path / "runs"
+    runs = {"random": {0: (59.0, 30.0, 28.0), 1: (60.0, 30.0, 28.0), 2: (61.0, 30.0, 28.0)},
+            "supervised": {0: (80.0, 50.0, 55.0), 1: (10.0, 5.0, 5.0)}, "close": {0: (61.0, 31.0, 29.0)}}
+    for init, seeds in runs.items():
+        for seed, values in seeds.items():
+            write_run(out / "test_voc" / init / f"seed{seed}", seed, *values)
+    t = resolve_tables([table])[0]
+    result = table_result(t, out, list(runs))
+    ap50 = result.stats[(result.stats["metric"] == "bbox/AP50") & (result.stats["source"] == "measured")]
+    assert ap50.set_index("row")[["n", "trials", "mean"]].to_dict("index") == {
+        "random": {"n": 3, "trials": 3, "mean": 60.0}, "supervised": {"n": 1, "trials": 1, "mean": 80.0},
+        "close": {"n": 1, "trials": 1, "mean": 61.0}}
+    assert result.left_out == ["test_voc/supervised/seed1: seed 1 is not one of this row's trials (seeds 0..0)"]
+    assert lead_notes(t, result.stats)[1] == [
+        "supervised: +20.0 = +20.0 sd of random init (60.0±1.0, 3 trials): beyond its spread",
+        "close: +1.0 = +1.0 sd of random init (60.0±1.0, 3 trials): within its spread"]
+    inits = {n: Init(n, None, "RGB") for n in ("random", "supervised")}
+    planned = [(j.init.name, j.seed) for j in expand([t], inits, tmp_path / "plan")]
+    assert planned == [("random", 0), ("random", 1), ("random", 2), ("supervised", 0)]
+    assert resolve_tables([table], trials=4)[0].seeds_for("random") == [0, 1, 2, 3]  # --trials above it wins
