@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
                 metrics = run_job(cfg, out_dir, data_root, args.config, args.resume, args.eval_only)
         finally:
             mdist.cleanup()
-    if metrics is not None:
+    if metrics is not None and "sem_seg" in metrics:
+        seg = metrics["sem_seg"]
+        print(f"transfer: {out_dir}/metrics.json: mIoU {seg.get('mIoU', float('nan')):.2f}, "
+              f"pACC {seg.get('pACC', float('nan')):.2f}", flush=True)
+    elif metrics is not None:
         boxes = metrics.get("bbox", {})
         line = f"transfer: {out_dir}/metrics.json: bbox AP {boxes.get('AP', float('nan')):.2f} AP50 {boxes.get('AP50', float('nan')):.2f}"
         if "segm" in metrics:

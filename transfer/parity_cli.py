@@ -23,7 +23,12 @@ def run_parity_check(args: argparse.Namespace) -> int:
     if overrides[:1] == ["--"]:
         overrides = overrides[1:]
     config = str(find_config(args.config))
-    check_supported(load_detection_config(config, overrides), detection_defaults(), args.config)
+    cfg = load_detection_config(config, overrides)
+    check_supported(cfg, detection_defaults(), args.config)
+    if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":  # the FCN (transfer/engines/parity_semseg.py)
+        from mocobench.transfer.engines.parity_semseg import check_semseg_parity
+
+        return report(check_semseg_parity(config, overrides, seed=max(args.seed or 0, 0)))
     return report(check_parity(config, overrides, seed=max(args.seed or 0, 0)))
 
 

@@ -7,7 +7,8 @@
 images with ``annotations/person_keypoints_<split><year>.json``, and the ``lvis_v0.5_*`` names
 ``<root>/lvis/lvis_v0.5_<split>.json`` with COCO's images (transfer/datasets/lvis.py), and the
 ``cityscapes_fine_instance_seg_<split>`` names ``<root>/cityscapes/{leftImg8bit,gtFine}/<split>``
-(transfer/datasets/cityscapes.py),
+(transfer/datasets/cityscapes.py), and the semantic-segmentation names ``voc_<year>_sem_seg_<split>``
+and ``cityscapes_fine_sem_seg_<split>`` the same trees' label maps (transfer/datasets/sem_seg.py),
 so a tree prepared for detectron2 works unchanged with both engines. ``check_images`` also
 holds each image's header to the size its annotation gives (as detectron2 does when it reads
 the image) and returns what loading dropped or changed, for the run's metadata.
@@ -26,6 +27,8 @@ from mocobench.transfer.datasets.cityscapes import (CITYSCAPES_BUILTIN, cityscap
 from mocobench.transfer.datasets.coco import coco_metadata, load_coco_records, read_coco_api
 from mocobench.transfer.datasets.coco_keypoints import keypoint_metadata
 from mocobench.transfer.datasets.lvis import LVIS_BUILTIN, load_lvis_records, lvis_metadata, read_lvis
+from mocobench.transfer.datasets.sem_seg import (CITYSCAPES_SEM_SEG_BUILTIN, is_sem_seg_name, label_size,
+                                                 resolve_sem_seg)
 from mocobench.transfer.datasets.voc import load_voc_split, voc_class_names
 
 Records = list[dict[str, Any]]
@@ -33,6 +36,7 @@ Counts = dict[str, int]  # what loading dropped or changed, by kind (empty: noth
 
 VOC_BUILTIN = ("voc_2007_trainval", "voc_2007_train", "voc_2007_val", "voc_2007_test",
                "voc_2012_trainval", "voc_2012_train", "voc_2012_val")
+VOC_SEM_SEG_BUILTIN = ("voc_2012_sem_seg_train_aug", "voc_2012_sem_seg_train", "voc_2012_sem_seg_val")
 VOC_NAME = re.compile(r"^voc_(\d{4})_([\w.-]+)$")
 # name -> (image folder, instances json), relative to the data root (detectron2's builtin table)
 COCO_BUILTIN = {
@@ -53,7 +57,8 @@ KEYPOINTS_BUILTIN = {
 
 def dataset_names() -> list[str]:
     """The builtin names; ``voc_<year>_<split>`` is accepted for any other split too."""
-    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN, *CITYSCAPES_BUILTIN]
+    return [*VOC_BUILTIN, *COCO_BUILTIN, *KEYPOINTS_BUILTIN, *LVIS_BUILTIN, *CITYSCAPES_BUILTIN,
+            *VOC_SEM_SEG_BUILTIN, *CITYSCAPES_SEM_SEG_BUILTIN]
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -64,6 +69,8 @@ def _resolve(name: str, data_root: str | os.PathLike | None
              ) -> tuple[dict[str, Any], Callable[[], tuple[Records, Counts]]]:
     """(metadata, a loader of the records): metadata alone stays cheap."""
     root = resolve_data_root(data_root)
+    if is_sem_seg_name(name):  # before VOC_NAME, which voc_<year>_sem_seg_<split> also matches
+        return resolve_sem_seg(name, root)
     voc = VOC_NAME.match(name)
     if voc:
         year, split = int(voc.group(1)), voc.group(2)
@@ -106,7 +113,10 @@ def get_dataset(name: str, data_root: str | os.PathLike | None = None
 
 
 def annotation_file(record: dict[str, Any], meta: dict[str, Any]) -> str:
-    """The file that gave the record its size: its VOC XML, the COCO/LVIS JSON or its Cityscapes polygons."""
+    """The file that gave the record its size: its VOC XML, the COCO/LVIS JSON, its Cityscapes polygons or
+    (semantic segmentation without a recorded size) its label map."""
+    if "sem_seg_file_name" in record and "width" not in record:
+        return record["sem_seg_file_name"]
     if meta["evaluator_type"] == "pascal_voc":
         return str(Path(meta["dirname"]) / "Annotations" / f"{record['image_id']}.xml")
     if meta["evaluator_type"] == "cityscapes_instance":
@@ -131,9 +141,10 @@ def check_images(name: str, data_root: str | os.PathLike | None = None) -> Count
             reason = str(e).replace(f"'{path}'", "").replace(str(path), "").strip() or type(e).__name__
             raise UserError(f"{path}: cannot read image ({name}: {reason})") from None
         # exact, as detectron2's check_image_size: boxes are in the annotation's pixel frame
-        if size != (record["width"], record["height"]):
+        expected = (record["width"], record["height"]) if "width" in record else label_size(record)
+        if size != expected:
             raise UserError(f"{path}: image is {size[0]}x{size[1]} (width x height) but the annotation file "
-                            f"gives {record['width']:g}x{record['height']:g} ({annotation_file(record, meta)}); "
+                            f"gives {expected[0]:g}x{expected[1]:g} ({annotation_file(record, meta)}); "
                             f"they must match")
     return counts
 
@@ -150,8 +161,9 @@ def get_datasets(names: Sequence[str], data_root: str | os.PathLike | None = Non
         raise UserError("no dataset names given")
     resolved = [_resolve(name, data_root) for name in names]
     first = resolved[0][0]
+    key = "thing_classes" if "thing_classes" in first else "stuff_classes"  # semantic segmentation: stuff
     for name, (meta, _) in zip(names, resolved):
-        if meta["thing_classes"] != first["thing_classes"]:
-            raise UserError(f"dataset {name!r} has classes {meta['thing_classes']} but {names[0]!r} "
-                            f"has {first['thing_classes']}: they cannot be trained together")
+        if meta.get(key) != first[key]:
+            raise UserError(f"dataset {name!r} has classes {meta.get(key)} but {names[0]!r} "
+                            f"has {first[key]}: they cannot be trained together")
     return [r for _, load in resolved for r in load()[0]], {**first, "names": list(names)}

@@ -8,7 +8,10 @@ from a seed, in the layouts of the real datasets, so every stage runs on it unch
   DIR/coco/                               COCO: train2017/, val2017/, annotations/instances_*.json
   DIR/coco/ (--keypoints)                 + annotations/person_keypoints_*.json and their stick-figure images
   DIR/lvis/ (--lvis)                      LVIS v0.5: lvis_v0.5_{train,val}.json, federated labels over coco/'s images
-  DIR/cityscapes/ (--cityscapes)          Cityscapes: leftImg8bit/ and gtFine/ (polygons json, labelIds, instanceIds)
+  DIR/cityscapes/ (--cityscapes)          Cityscapes: leftImg8bit/ and gtFine/ (polygons json, labelIds, instanceIds,
+                                          labelTrainIds)
+  DIR/VOC2012/ (--semseg)                 + ImageSets/Segmentation, SegmentationClass/ (palette PNGs) and
+                                          SegmentationClassAug/ (train_aug), from the VOC2012 images' scenes
   DIR/SYNTH.json                          seed, scale, counts; marks the folder complete
 
 DIR is a data root as the dataset readers take it (their data root argument or
@@ -55,12 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--cityscapes", action="store_true",
                        help="also write Cityscapes frames for instance segmentation (cityscapes_fine_instance_seg_* "
                             "datasets); added to a complete folder of the same seed and scale without rewriting it")
+    synth.add_argument("--semseg", action="store_true",
+                       help="also write VOC2012 semantic segmentation label maps (voc_2012_sem_seg_* datasets); "
+                            "added to a complete folder of the same seed and scale without rewriting it")
     synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     manifest = write_synthetic(args.out, args.seed, args.scale, progress=not args.quiet, workers=args.workers,
-                                keypoints=args.keypoints, lvis=args.lvis, cityscapes=args.cityscapes)
+                                keypoints=args.keypoints, lvis=args.lvis, cityscapes=args.cityscapes,
+                                semseg=args.semseg)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"synthetic data (seed {args.seed}, scale {args.scale}) in {args.out}: {counts}", file=sys.stderr)
     return 0

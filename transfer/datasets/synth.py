@@ -18,7 +18,8 @@ Safety: ``DIR/SYNTH.json`` marks a folder as ours. It is written first with
 file is in place, so a killed or failed run is recognised and rewritten by the next one; a
 complete folder with the same seed and scale is left as it is; anything else is refused.
 Keypoints are added to such a folder when asked (``"keypoints"`` in the marker records them),
-so the demo, which does not ask, spends no time on them.
+so the demo, which does not ask, spends no time on them; so are VOC2012's segmentation label maps
+(``"semseg"``, synth_semseg), the LVIS files and the Cityscapes frames.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from PIL import Image
 from mocobench import UserError
 from mocobench.atomic import write_json
 from mocobench.progress import Progress
-from mocobench.transfer.datasets import synth_cityscapes, synth_layouts, synth_lvis, synth_people
+from mocobench.transfer.datasets import synth_cityscapes, synth_layouts, synth_lvis, synth_people, synth_semseg
 from mocobench.transfer.datasets.scene import SceneObject, render_scene
 from mocobench.transfer.datasets.synth_scales import Scale, SceneSpec, Splits, SynthSpec, load_synth_spec
 
@@ -65,8 +66,9 @@ KEYPOINT_IMAGE_IDS = 900_000  # the stick figures' image ids start here, clear o
 
 def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress: bool = False,
                     spec: SynthSpec | None = None, workers: int | None = None, keypoints: bool = False,
-                    lvis: bool = False, cityscapes: bool = False) -> dict:
-    """``_write_synthetic``; with ``cityscapes`` the cityscapes/ frames (synth_cityscapes), and with
+                    lvis: bool = False, cityscapes: bool = False, semseg: bool = False) -> dict:
+    """``_write_synthetic``; with ``cityscapes`` the cityscapes/ frames (synth_cityscapes), with ``semseg``
+    VOC2012's segmentation label maps and ImageSets/Segmentation (synth_semseg), and with
     ``lvis`` lvis/lvis_v0.5_{train,val}.json (synth_lvis: federated labels over the COCO images, no
     image drawn), each added to a complete folder as the keypoints are."""
     manifest = _write_synthetic(out, seed, scale, progress=progress, spec=spec, workers=workers, keypoints=keypoints)
@@ -77,6 +79,13 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
         counts = _write_parts(writer, workers, Path(out), f"its {MARKER} records no Cityscapes frames, and a "
                               "rerun writes them")
         manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "cityscapes": digest}
+        write_json(Path(out) / MARKER, manifest)
+    digest = _semseg_digest(spec, scale)
+    if semseg and manifest.get("semseg") != digest:
+        writer = _Writer(Path(out), seed, spec, spec.scales[scale], progress, base=False, semseg=True)
+        counts = _write_parts(writer, workers, Path(out), f"its {MARKER} records no VOC segmentation, and a "
+                              "rerun writes it")
+        manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "semseg": digest}
         write_json(Path(out) / MARKER, manifest)
     if not lvis or manifest.get("lvis") == synth_lvis.FINGERPRINT:
         return manifest
@@ -166,6 +175,13 @@ def _cityscapes_digest(spec: SynthSpec, scale: str) -> str:
     return hashlib.sha256(json.dumps(used, default=dataclasses.asdict, sort_keys=True).encode()).hexdigest()
 
 
+def _semseg_digest(spec: SynthSpec, scale: str) -> str:
+    """Fingerprint of what shapes VOC2012's label maps (a changed one rewrites them)."""
+    used = {"voc2012": spec.scales[scale].voc2012, "render": spec.render, "generator": GENERATOR_VERSION,
+            "classes": spec.classes[: spec.scales[scale].classes], "label_maps": synth_semseg.VERSION}
+    return hashlib.sha256(json.dumps(used, default=dataclasses.asdict, sort_keys=True).encode()).hexdigest()
+
+
 def _digest(spec: SynthSpec, scale: str) -> str:
     """Fingerprint of everything in synth_scales.yaml that shapes this scale's files, so data
     written before an edit of the YAML is not mistaken for data written after it."""
@@ -219,9 +235,9 @@ class _Writer:
     """Draws and writes the parts of one scale; each image from its own seeded Generator."""
 
     def __init__(self, out: Path, seed: int, spec: SynthSpec, scale: Scale, progress: bool,
-                 keypoints: bool = False, base: bool = True, cityscapes: bool = False) -> None:
+                 keypoints: bool = False, base: bool = True, cityscapes: bool = False, semseg: bool = False) -> None:
         self.out, self.seed, self.spec, self.scale, self.progress = out, seed, spec, scale, progress
-        self.keypoints, self.base, self.cityscapes = keypoints, base, cityscapes
+        self.keypoints, self.base, self.cityscapes, self.semseg = keypoints, base, cityscapes, semseg
         self.classes = spec.classes[: scale.classes]
         self.counts: dict[str, int] = {}
         self.coco_annotations = 0  # COCO annotation ids run on across splits, as in the real files
@@ -232,7 +248,9 @@ class _Writer:
                   for split, count in self.scale.coco_keypoints.splits.items()] if self.keypoints else []
         frames = [_Run(f"cityscapes/{split}", "cityscapes_image", split, count, "cityscapes_files")
                   for split, count in self.scale.cityscapes.splits.items()] if self.cityscapes else []
-        return (self.base_runs() if self.base else []) + people + frames
+        segmentation = [_Run("VOC2012/segmentation", "voc_seg_image", "VOC2012",
+                             sum(self.voc_part("VOC2012").splits.values()), "voc_seg_files")] if self.semseg else []
+        return (self.base_runs() if self.base else []) + people + frames + segmentation
 
     def base_runs(self) -> list[_Run]:
         n = len(self.classes)
@@ -400,6 +418,16 @@ class _Writer:
 
     def cityscapes_files(self, split: str, instances: list[int]) -> None:
         self.counts[f"cityscapes/{split}/objects"] = sum(instances)
+
+    def voc_seg_image(self, folder: str, j: int) -> None:
+        """Redraws the VOC image's scene (its own generator: the same objects) and writes its label maps."""
+        spec = self.voc_part(folder).scene
+        image, objects = self.scene(folder, j, spec)
+        labels = synth_semseg.label_map(objects, image.shape[1], image.shape[0], spec)
+        synth_semseg.write_label_maps(self.out / folder, VOC_ID_FORMATS[folder].format(j + 1), labels)
+
+    def voc_seg_files(self, folder: str, _: list[None]) -> None:
+        self.counts.update(synth_semseg.write_split_files(self.out / folder))
 
 
 _WORKER: _Writer | None = None  # a pool process's writer, set once by _start_worker

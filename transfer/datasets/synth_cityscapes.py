@@ -1,6 +1,7 @@
 """Synthetic Cityscapes (instance segmentation): frames in the real folder layout
 (``cityscapes/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` and beside them
-in ``gtFine/`` the ``_gtFine_polygons.json``, ``_gtFine_labelIds.png`` and ``_gtFine_instanceIds.png``),
+in ``gtFine/`` the ``_gtFine_polygons.json``, ``_gtFine_labelIds.png``, ``_gtFine_instanceIds.png`` and the
+``_gtFine_labelTrainIds.png`` cityscapesscripts' createTrainIdLabelImgs.py adds for semantic segmentation),
 written on request (``data synth --cityscapes``).
 
 Why these parts: detectron2's loader reads the polygons json, in which later objects lie on top
@@ -29,12 +30,14 @@ from PIL import Image, ImageDraw
 from mocobench.transfer.datasets.scene import render_scene
 from mocobench.transfer.datasets.synth_scales import ObjectClass, Render, SceneSpec
 
-VERSION = 1  # bump when the same seed would give different frames
+VERSION = 2  # bump when the same seed would give different frames (2: labelTrainIds added)
 # Cityscapes' label ids of the labels used (cityscapesscripts.helpers.labels); the instance
 # classes in the order detectron2's thing_classes lists them
 THINGS = {"person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "train": 31, "motorcycle": 32,
           "bicycle": 33}
 STUFF = {"road": 7, "sky": 23, "pole": 17}
+# label id -> train id of the labels drawn (cityscapesscripts' table; every other id is 255, ignored)
+TRAIN_IDS = {7: 0, 17: 5, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 PLATE = "license plate"     # label id -1: not drawn into the PNGs, skipped by readers
 CITIES = {"train": ("aachen", "bremen", "zurich"), "val": ("frankfurt", "lindau", "munster")}
 FRAME = 19                  # the annotated frame of each Cityscapes sequence
@@ -106,8 +109,16 @@ def label_images(doc: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(labels, dtype=np.uint8), np.asarray(instances, dtype=np.uint16)
 
 
+def train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """labelIds -> labelTrainIds (uint8, 255 for labels not evaluated), as createTrainIdLabelImgs.py maps them."""
+    table = np.full(256, 255, np.uint8)
+    for label_id, train_id in TRAIN_IDS.items():
+        table[label_id] = train_id
+    return table[label_ids]
+
+
 def write_frame(root: Path, split: str, j: int, image: np.ndarray, doc: dict) -> int:
-    """Writes the frame's four files under ``root`` (the data root's cityscapes/); returns its instances."""
+    """Writes the frame's five files under ``root`` (the data root's cityscapes/); returns its instances."""
     city, stem = frame_name(split, j)
     image_dir, gt_dir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -116,5 +127,6 @@ def write_frame(root: Path, split: str, j: int, image: np.ndarray, doc: dict) ->
     label_ids, instance_ids = label_images(doc)
     Image.fromarray(label_ids).save(gt_dir / f"{stem}_gtFine_labelIds.png")
     Image.fromarray(instance_ids).save(gt_dir / f"{stem}_gtFine_instanceIds.png")
+    Image.fromarray(train_ids(label_ids)).save(gt_dir / f"{stem}_gtFine_labelTrainIds.png")
     (gt_dir / f"{stem}_gtFine_polygons.json").write_text(json.dumps(doc, indent="\t") + "\n")
     return int((np.unique(instance_ids) >= 1000).sum())

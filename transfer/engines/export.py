@@ -28,6 +28,7 @@ PREFIXES = (
     ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
     ("roi_heads.mask_head.deconv.", "roi_heads.mask_head.deconv."),
     ("roi_heads.mask_head.predictor.", "roi_heads.mask_head.predictor."),
+    ("sem_seg_head.", "sem_seg_head."),  # the FCN head (semantic segmentation): detectron2's names on both engines
 )
 # conv (+ norm) blocks built as nn.Sequential(conv, norm, relu) -> detectron2 Conv2d(norm=)
 CONV_BLOCK = re.compile(r"^roi_heads\.(box_head\.conv|mask_head\.mask_fcn)(\d+)\.([01])\.")

@@ -16,6 +16,7 @@ from mocobench.transfer.evaluation.cityscapes import evaluate_cityscapes
 from mocobench.transfer.evaluation.coco import evaluate_coco
 from mocobench.transfer.evaluation.keypoints import evaluate_keypoints
 from mocobench.transfer.evaluation.lvis import evaluate_lvis
+from mocobench.transfer.evaluation.sem_seg import evaluate_sem_seg
 from mocobench.transfer.evaluation.voc import evaluate_voc
 
 
@@ -34,6 +35,9 @@ def evaluate(dataset_name: str, data_root: str | os.PathLike | None,
         return evaluate_lvis(metadata["json_file"], detections, source)
     if metadata["evaluator_type"] == "cityscapes_instance":  # cityscapesscripts' instance-level AP
         return evaluate_cityscapes(metadata["gt_dir"], detections, source)
+    if metadata["evaluator_type"] == "sem_seg":  # per-image class RLEs: SemSegEvaluator's mIoU and accuracies
+        records, metadata = get_dataset(dataset_name, data_root)
+        return evaluate_sem_seg(records, metadata, detections, source)
     with_keypoints = sum(isinstance(d, Mapping) and "keypoints" in d for d in detections)
     if with_keypoints not in (0, len(detections)):
         raise UserError(f"{source}: {with_keypoints} of {len(detections)} detections have keypoints; "

@@ -14,7 +14,10 @@ AP75, APm, APl (OKS with COCO's person sigmas unless --oks-sigmas); lvis_v0.5_* 
 package's federated AP, AP50, AP75, APs, APm, APl, APr, APc, APf for boxes and masks ("category_id"
 is the LVIS id, 1..N); cityscapes_fine_instance_seg_* splits get cityscapesscripts' mask AP and
 AP50 (masks required; "image_id" is the frame's file name, "category_id" its Cityscapes label
-id). Numbers are in percent.
+id); the semantic-segmentation splits (voc_<year>_sem_seg_*, cityscapes_fine_sem_seg_*) take detectron2's
+sem_seg_predictions.json instead (per image and predicted class {"file_name", "category_id": the class
+index, "segmentation": RLE}, covering each pixel once) and get SemSegEvaluator's mIoU, fwIoU, mACC,
+pACC and per-class IoU and accuracy. Numbers are in percent.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from mocobench import UserError
 from mocobench.transfer.config import detection_defaults
 
 # mocobench keys detectron2's get_cfg() does not have (see transfer/defaults.yaml)
-EXTENSION_KEYS = ("MODEL.DC5",)
+EXTENSION_KEYS = ("MODEL.DC5", "INPUT.RANDOM_SCALE")
 
 
 def _node(cfg: CfgNode, dotted: str) -> tuple[CfgNode, str]:

@@ -17,8 +17,8 @@ from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
 def detectron2_records(name: str, data_root: Optional[str]) -> list[dict[str, Any]]:
     """Contract-1 records with the one field detectron2 also needs: the box mode (XYXY_ABS)."""
     records, _ = get_dataset(name, data_root)
-    return [{**r, "annotations": [{**a, "bbox_mode": BoxMode.XYXY_ABS} for a in r.get("annotations", [])]}
-            for r in records]
+    return [{**r, "annotations": [{**a, "bbox_mode": BoxMode.XYXY_ABS} for a in r["annotations"]]}
+            if "annotations" in r else r for r in records]  # semantic segmentation: none
 
 
 def register_datasets(names: Iterable[str], data_root: Optional[str]) -> None:

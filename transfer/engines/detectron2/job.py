@@ -88,6 +88,15 @@ def load_eval_weights(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> int
 
 def check_classes(cfg: CfgNode, data_root: Optional[str], config_path: str, eval_only: bool) -> None:
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
+    if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+        for name in names:
+            meta = get_metadata(name, data_root)
+            k = len(meta.get("stuff_classes", ()))
+            if k != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES or meta.get("ignore_label") != cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE:
+                raise UserError(f"{config_path}: MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE are "
+                                f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} / {cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE} but "
+                                f"{name} has {k} classes and ignores {meta.get('ignore_label')}")
+        return
     for name in names:
         k = len(get_metadata(name, data_root)["thing_classes"])
         if k != cfg.MODEL.ROI_HEADS.NUM_CLASSES:

@@ -1,7 +1,8 @@
 """detectron2's DefaultTrainer for our jobs: the evaluator each dataset's evaluator_type
 names (PascalVOCDetectionEvaluator / COCOEvaluator, as the MoCo authors' train_net; keypoint AP
 with TEST.KEYPOINT_OKS_SIGMAS; LVISEvaluator for LVIS and CityscapesInstanceEvaluator for Cityscapes,
-as detectron2's train_net), the
+as detectron2's train_net; SemSegEvaluator for semantic segmentation, whose training input is the
+suite's, semseg.py), the
 reduced DC5 backbone when MODEL.DC5.CONV_DIM asks for it, metrics.jsonl instead of
 detectron2's metrics.json event log, and CPU-capable sync BN under gloo."""
 
@@ -13,7 +14,7 @@ import torch.nn as nn
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator, SemSegEvaluator
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -24,6 +25,7 @@ from mocobench.transfer.engines.detectron2.backbone import NAME as REDUCED_DC5, 
 from mocobench.transfer.engines.detectron2.cityscapes import CityscapesInstanceEvaluator
 from mocobench.transfer.engines.detectron2.events import JsonlEventWriter
 from mocobench.transfer.engines.detectron2.lvis import LVISEvaluator
+from mocobench.transfer.engines.detectron2.semseg import build_semseg_train_loader  # (registers MoCoFCNHead)
 
 JSONL = "metrics.jsonl"
 
@@ -62,7 +64,15 @@ class Trainer(DefaultTrainer):
             return LVISEvaluator(dataset_name, distributed=True)
         if kind == "cityscapes_instance":
             return CityscapesInstanceEvaluator(dataset_name)
+        if kind == "sem_seg":
+            return SemSegEvaluator(dataset_name, distributed=True)
         return COCOEvaluator(dataset_name, distributed=True, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            return build_semseg_train_loader(cfg)
+        return super().build_train_loader(cfg)
 
     def build_writers(self):
         self.jsonl = JsonlEventWriter(Path(self.cfg.OUTPUT_DIR) / JSONL)

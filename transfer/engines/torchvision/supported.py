@@ -11,6 +11,7 @@ from fvcore.common.config import CfgNode
 
 from mocobench import UserError
 from mocobench.config import differing_keys
+from mocobench.transfer.datasets.sem_seg import is_sem_seg_name
 
 HONOURED = (
     "VERSION", "SEED", "OUTPUT_DIR", "CUDNN_BENCHMARK",
@@ -39,10 +40,15 @@ HONOURED = (
     "SOLVER.CLIP_GRADIENTS.ENABLED",
     "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN",
 )
+# honoured by the semantic segmentor only (MODEL.META_ARCHITECTURE SemanticSegmentor, semseg.py):
+# a detection config setting them would be ignored
+SEMANTIC_ONLY = ("MODEL.SEM_SEG_HEAD.NAME", "MODEL.SEM_SEG_HEAD.IN_FEATURES", "MODEL.SEM_SEG_HEAD.IGNORE_VALUE",
+                 "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "MODEL.SEM_SEG_HEAD.NORM",
+                 "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", "INPUT.CROP", "INPUT.RANDOM_SCALE")
 
 
-def _honoured(key: str) -> bool:
-    return any(key == h or key.startswith(h + ".") for h in HONOURED)
+def _honoured(key: str, semantic: bool = False) -> bool:
+    return any(key == h or key.startswith(h + ".") for h in HONOURED + (SEMANTIC_ONLY if semantic else ()))
 
 
 def check_supported(cfg: CfgNode, defaults: CfgNode, source: str) -> None:
@@ -53,12 +59,14 @@ def check_supported(cfg: CfgNode, defaults: CfgNode, source: str) -> None:
     if lvis:  # federated labels, repeat-factor sampling and LVISEval: the LVIS table's engine is detectron2
         raise UserError(f"{source}: dataset {lvis[0]} is LVIS, whose federated training and evaluation the "
                         "torchvision engine does not implement; the LVIS table runs on --engine detectron2")
-    city = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n.startswith("cityscapes_")]
+    city = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n.startswith("cityscapes_")
+            and not is_sem_seg_name(n)]  # its semantic segmentation runs here
     if city:  # its frame-name image ids and cityscapesscripts' evaluation are wired to detectron2's engine only
         raise UserError(f"{source}: dataset {city[0]} is Cityscapes, which the torchvision engine does not run; "
                         "the Cityscapes table runs on --engine detectron2")
+    semantic = cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor"
     for key in differing_keys(cfg, defaults):
-        if not _honoured(key):
+        if not _honoured(key, semantic):
             raise UserError(f"{source}: config key {key} is set to {cfg_value(cfg, key)!r}, which the "
                             "torchvision engine does not implement (leave it at detectron2's default, "
                             "or use --engine detectron2)")

@@ -81,6 +81,8 @@ def precise_bn_rounds(cfg: CfgNode) -> int:
 
 
 class DetectionTrainer:
+    model_builder = staticmethod(build_model)  # semseg.SemSegTrainer builds its FCN instead
+
     def __init__(self, cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: str) -> None:
         self.cfg, self.out, self.data_root, self.config_path = cfg, out_dir, data_root, config_path
         self.device = select_device(cfg)
@@ -100,7 +102,7 @@ class DetectionTrainer:
         if with_init and weights and not is_run_checkpoint(weights):
             self.init = hook = BackboneInit(self.cfg, weights)
         torch.manual_seed(self.cfg.SEED)  # same random heads on every rank
-        model = build_model(self.cfg, hook)
+        model = self.model_builder(self.cfg, hook)
         if self.init is not None and self.main:
             print(self.init.report(), flush=True)
         if with_init and weights and is_run_checkpoint(weights):
@@ -177,7 +179,7 @@ class DetectionTrainer:
             ddp = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
-        mapper = TrainMapper(cfg, cfg.MODEL.MASK_ON)
+        mapper = self.train_mapper()
         batches = TrainBatches(records, mapper, cfg.SEED, s.IMS_PER_BATCH, self.rank, self.world,
                                s.MAX_ITER + precise_bn_rounds(cfg) * cfg.TEST.PRECISE_BN.NUM_ITER,
                                cfg.DATALOADER.ASPECT_RATIO_GROUPING)
@@ -235,6 +237,9 @@ class DetectionTrainer:
         self.save(FINAL, model, optimizer, scaler, s.MAX_ITER)
         return s.MAX_ITER
 
+    def train_mapper(self) -> TrainMapper:
+        return TrainMapper(self.cfg, self.cfg.MODEL.MASK_ON)
+
     def to_device(self, batch):
         images = [im.to(self.device, non_blocking=True) for im, _ in batch]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for _, t in batch]
@@ -270,11 +275,20 @@ class DetectionTrainer:
         return results
 
 
+def trainer_class(cfg: CfgNode) -> type[DetectionTrainer]:
+    """The job's trainer: semantic segmentation (SemanticSegmentor, semseg.py) or detection."""
+    if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+        from mocobench.transfer.engines.torchvision.semseg import SemSegTrainer
+
+        return SemSegTrainer
+    return DetectionTrainer
+
+
 def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: str,
             resume: bool, eval_only: bool) -> Optional[dict]:
     """Returns the metrics (rank 0) after writing them to ``out_dir/metrics.json``."""
     t0 = time.perf_counter()
-    job = DetectionTrainer(cfg, out_dir, data_root, config_path)
+    job = trainer_class(cfg)(cfg, out_dir, data_root, config_path)
     if not cfg.DATASETS.TEST:
         raise UserError(f"{config_path}: DATASETS.TEST is empty: nothing to evaluate")
     checks = {}  # what loading each dataset dropped or changed, kept in the run's metadata
