@@ -328,6 +328,9 @@ def test_training_input_scales_pads_with_the_mean_and_ignore_crops_and_flips_ima
     assert seen_pad and seen_flip
     with pytest.raises(UserError, match="INPUT.RANDOM_SCALE"):
         SemSegTrainMapper(load_cfg("voc_semseg_R_50_FCN_rgb", ["INPUT.RANDOM_SCALE", "[]"]))
+    two = SemSegTrainMapper(load_cfg("voc_semseg_R_50_FCN_rgb", ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "2"]))
+    with pytest.raises(UserError, match="labels.png: label 2 is neither a class \\(0..1"):
+        two(record, np.random.default_rng(0))  # a label the classifier has no output for
 
 
 def test_configs_carry_the_papers_recipe():

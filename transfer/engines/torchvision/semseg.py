@@ -178,7 +178,7 @@ class SemSegTrainMapper:
             raise UserError(f"INPUT.FORMAT {i.FORMAT!r}: the torchvision engine reads RGB or BGR")
         self.scale, self.crop, self.flip, self.fmt = random_scale(cfg), crop_size(cfg), i.RANDOM_FLIP, i.FORMAT
         self.fill = np.asarray(cfg.MODEL.PIXEL_MEAN, np.float32)
-        self.ignore = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        self.ignore, self.num_classes = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
 
     def check(self, records: list[dict]) -> None:
         """Nothing to check before training (each pair's sizes are checked as it is read)."""
@@ -190,6 +190,11 @@ class SemSegTrainMapper:
         if labels.shape != (h0, w0):
             raise UserError(f"{record['sem_seg_file_name']}: label map is {labels.shape[1]}x{labels.shape[0]} but its "
                             f"image {record['file_name']} is {w0}x{h0} (width x height)")
+        labelled = labels[labels != self.ignore]
+        if labelled.size and (labelled.min() < 0 or labelled.max() >= self.num_classes):
+            bad = int(labelled.max() if labelled.max() >= self.num_classes else labelled.min())
+            raise UserError(f"{record['sem_seg_file_name']}: label {bad} is neither a class (0..{self.num_classes - 1}, "
+                            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES) nor the ignore value {self.ignore}")
         s = rng.uniform(*self.scale)
         h, w = max(1, int(h0 * s + 0.5)), max(1, int(w0 * s + 0.5))
         image = resize(image, (h, w)).astype(np.float32)
