@@ -40,7 +40,8 @@ class MoCoFCNHead(nn.Module):
         super().__init__()
         h = cfg.MODEL.SEM_SEG_HEAD
         if len(h.IN_FEATURES) != 1:
-            raise ValueError(f"{HEAD_NAME} reads one feature map, MODEL.SEM_SEG_HEAD.IN_FEATURES is {list(h.IN_FEATURES)}")
+            raise ValueError(f"{HEAD_NAME} reads one feature map; MODEL.SEM_SEG_HEAD.IN_FEATURES is "
+                             f"{list(h.IN_FEATURES)}")
         self.in_feature = h.IN_FEATURES[0]
         self.ignore_value, self.loss_weight = h.IGNORE_VALUE, h.LOSS_WEIGHT
         channels = input_shape[self.in_feature].channels

@@ -193,8 +193,9 @@ class SemSegTrainMapper:
         labelled = labels[labels != self.ignore]
         if labelled.size and (labelled.min() < 0 or labelled.max() >= self.num_classes):
             bad = int(labelled.max() if labelled.max() >= self.num_classes else labelled.min())
-            raise UserError(f"{record['sem_seg_file_name']}: label {bad} is neither a class (0..{self.num_classes - 1}, "
-                            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES) nor the ignore value {self.ignore}")
+            raise UserError(f"{record['sem_seg_file_name']}: label {bad} is neither a class "
+                            f"(0..{self.num_classes - 1}, MODEL.SEM_SEG_HEAD.NUM_CLASSES) nor the ignore value "
+                            f"{self.ignore}")
         s = rng.uniform(*self.scale)
         h, w = max(1, int(h0 * s + 0.5)), max(1, int(w0 * s + 0.5))
         image = resize(image, (h, w)).astype(np.float32)
