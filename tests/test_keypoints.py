@@ -1,5 +1,6 @@
 """COCO person keypoints: the synthetic layout, the loader (against detectron2's), keypoint AP
-through COCOeval, the engines' handling of keypoint R-CNN and the keypoint tables."""
+through COCOeval, the detectron2 engine's keypoint R-CNN and the keypoint tables (the torchvision
+engine's: tests/test_engine_keypoints.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import one_line_refusals, run_cli_at_once
+from conftest import run_cli_at_once
 from engine_fixtures import TINY, needs_d2
 from mocobench import UserError
 from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
@@ -178,33 +179,24 @@ def test_keypoint_detections_are_checked_in_one_line(data):
 
 # ---- engines, tables -----------------------------------------------------------------------
 
-def test_torchvision_engine_refuses_keypoint_rcnn_in_one_line():
-    from mocobench.transfer.config import detection_defaults, load_detection_config
-    from mocobench.transfer.engines.torchvision.supported import check_supported
-
-    path = ROOT / "configs/detection/coco_R_50_FPN_keypoint_1x_rgb.yaml"
-    with pytest.raises(UserError) as e:
-        check_supported(load_detection_config(path), detection_defaults(), str(path))
-    assert "\n" not in str(e.value) and "--engine detectron2" in str(e.value) and "KEYPOINT_ON" in str(e.value)
-
-
-def test_keypoint_tables_load_with_published_rows_and_refuse_the_torchvision_engine(tmp_path):
+def test_keypoint_tables_load_with_published_rows_for_either_engine(tmp_path):
+    """The torchvision engine runs keypoint R-CNN too (tests/test_engine_keypoints.py)."""
     from mocobench.results.paper import paper_rows
     from mocobench.results.tables import resolve_tables
 
     (two,) = resolve_tables(["coco_kp_R50_FPN_2x"])
-    assert two.cfg.ENGINE == "detectron2"
+    assert two.cfg.ENGINE == ""
     assert two.metrics == ["keypoints/AP", "keypoints/AP50", "keypoints/AP75"]
     rows = paper_rows(two).set_index("label")
     assert rows.loc["MoCo IN-1M", "keypoints/AP"] == 66.8 and rows.loc["supervised IN-1M", "keypoints/AP75"] == 71.9
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
-    common = ["--inits", inits, "--output", tmp_path / "out", "--dry-run"]
-    done = run_cli_at_once({"named": ["run-all", "--tables", "coco_kp_R50_FPN_2x", *common],
-                            "all": ["run-all", *common]})
-    assert one_line_refusals({"named": done["named"]}, {"named": "runs on --engine detectron2 only"}) == []
-    assert done["all"].returncode == 0, done["all"].stderr
-    assert "skipped   table coco_kp_R50_FPN_2x" in done["all"].stdout and "coco_kp_R50_FPN_2x/" not in done["all"].stdout
+    common = ["--tables", "coco_kp_R50_FPN_2x", "--inits", inits, "--output", tmp_path / "out", "--dry-run"]
+    done = run_cli_at_once({engine: ["run-all", "--engine", engine, *common]
+                            for engine in ("torchvision", "detectron2")})
+    for engine, result in done.items():
+        assert result.returncode == 0, result.stderr
+        assert "1 jobs in 1 tables" in result.stdout and f"--engine {engine}" in result.stdout, result.stdout
 
 
 @needs_d2

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.sh"
 PAPER_TABLES = {"voc_R50_DC5_24k": 5, "voc_R50_C4_24k": 5, "voc07_R50_C4_9k": 5,
                 "coco_R50_FPN_1x": 1, "coco_R50_FPN_2x": 1, "coco_R50_C4_1x": 1, "coco_R50_C4_2x": 1,
-                "voc_semseg_R50_FCN": 5, "cityscapes_semseg_R50_FCN": 5}
+                "voc_semseg_R50_FCN": 5, "cityscapes_semseg_R50_FCN": 5, "coco_kp_R50_FPN_2x": 1}
 METRICS = {"bbox": {"AP": 50.0, "AP50": 80.0, "AP75": 55.0}, "meta": {"seed": 0}}
 
 
@@ -50,8 +50,8 @@ def test_dry_run_lists_every_job_of_the_paper_tables(tmp_path, inits):
     expected = {f"{t}/{i}/seed{k}" for t, n in PAPER_TABLES.items() for i in ("random", "supervised", "moco")
                 for k in range(n)}
     listed = set(re.findall(r"^\S+ +(\S+/\S+/seed\d+)", res.stdout, re.M))
-    assert listed == expected and len(expected) == 87
-    assert "87 jobs in 9 tables" in res.stdout
+    assert listed == expected and len(expected) == 90
+    assert "90 jobs in 10 tables" in res.stdout
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 

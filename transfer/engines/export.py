@@ -28,6 +28,7 @@ PREFIXES = (
     ("roi_heads.box_predictor.", "roi_heads.box_predictor."),
     ("roi_heads.mask_head.deconv.", "roi_heads.mask_head.deconv."),
     ("roi_heads.mask_head.predictor.", "roi_heads.mask_head.predictor."),
+    ("roi_heads.keypoint_head.", "roi_heads.keypoint_head."),  # conv_fcn<i>, score_lowres: detectron2's names
     ("sem_seg_head.", "sem_seg_head."),  # the FCN head (semantic segmentation): detectron2's names on both engines
 )
 # conv (+ norm) blocks built as nn.Sequential(conv, norm, relu) -> detectron2 Conv2d(norm=)

@@ -4,7 +4,8 @@ Both models are built from the config; detectron2's gets ours' weights through t
 table. Both see the same synthetic images and targets, prepared by our data pipeline, with every anchor and every proposal
 sampled (batch sizes above the candidates, positive fraction 1), so sampling is
 deterministic. Compared: precise-BN statistics (train-mode BN), then with BN in eval mode
-every training loss and the gradients, then inference (boxes, scores, classes, pasted masks).
+every training loss and the gradients, then inference (boxes, scores, classes, pasted masks,
+keypoints). Keypoint configs give each object keypoints (some hidden, unlabelled or outside).
 Needs detectron2; imported only when it is there.
 """
 
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import BitMasks, Boxes, Instances, Keypoints, PolygonMasks
 from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import update_bn_stats as fvcore_update_bn_stats
 from PIL import Image
@@ -27,12 +28,14 @@ from torch import Tensor
 
 from mocobench import UserError
 from mocobench.transfer.config import load_detection_config
+from mocobench.transfer.datasets.person_keypoints import KEYPOINT_NAMES, flip_map
 from mocobench.transfer.engines.detectron2.config import load_d2_config
 from mocobench.transfer.engines.detectron2.trainer import Trainer
 from mocobench.transfer.engines.export import export_to_detectron2, rename
 from mocobench.transfer.engines.torchvision.build import DetectronRCNN, build_model
 from mocobench.transfer.engines.torchvision.inference import postprocess
 from mocobench.transfer.engines.torchvision.input import TrainMapper
+from mocobench.transfer.engines.torchvision.keypoints import flip_indices
 from mocobench.transfer.engines.torchvision.masks import Polygons
 from mocobench.transfer.engines.torchvision.norm import batch_norms
 from mocobench.transfer.engines.torchvision.precise_bn import update_bn_stats
@@ -41,10 +44,14 @@ DETERMINISTIC = ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", "1000000", "MODEL.RPN.POSITIV
                  "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "100000", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0",
                  "MODEL.DEVICE", "cpu")
 LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc", "loss_cls": "loss_cls",
-              "loss_box_reg": "loss_box_reg", "loss_mask": "loss_mask"}
+              "loss_box_reg": "loss_box_reg", "loss_mask": "loss_mask", "loss_keypoint": "loss_keypoint"}
 TOLERANCE = {"loss": 1e-5, "grad backbone": 1e-4, "grad heads": 1e-4, "precise BN": 1e-4,
-             "boxes": 1e-4, "scores": 1e-4, "classes": 0.0, "masks": 1e-3, "detections": 0.0}
+             "boxes": 1e-4, "scores": 1e-4, "classes": 0.0, "masks": 1e-3, "detections": 0.0,
+             "keypoints": 1e-4, "keypoint scores": 1e-4}
 PRECISE_BN_BATCHES = 2
+# a softmax over the heatmap ignores a constant added to it: the keypoint deconv's bias gets a gradient
+# of pure rounding noise (~1e-8) in both engines, whose relative difference means nothing
+SHIFT_INVARIANT = ("roi_heads.keypoint_head.score_lowres.bias",)
 
 
 @dataclass
@@ -70,32 +77,50 @@ def relative(a: Tensor, b: Tensor) -> float:
 def synthetic_batch(cfg, seed: int = 0) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """Two noise images (one wide, one tall: the batch pads), three polygon objects each,
     through our TrainMapper (resize, flip, float32 boxes, masks as INPUT.MASK_FORMAT keeps
-    them: polygons, or full-image bitmasks): the inputs both engines then see."""
+    them: polygons, or full-image bitmasks; keypoints moved, flipped and swapped): the inputs both engines then see."""
     g = torch.Generator().manual_seed(seed)
-    mapper = TrainMapper(cfg, cfg.MODEL.MASK_ON)
+    num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS if cfg.MODEL.KEYPOINT_ON else 0
+    mapper = TrainMapper(cfg, cfg.MODEL.MASK_ON, synthetic_flip_indices(num_keypoints))
     images, targets = [], []
     with tempfile.TemporaryDirectory() as folder:
         for k, (h, w) in enumerate(((150, 200), (190, 150))):
             path = Path(folder) / f"{k}.png"
             Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()).save(path)
             record = {"file_name": str(path), "height": h, "width": w, "image_id": k,
-                      "annotations": [ellipse(g, w, h, cfg.MODEL.ROI_HEADS.NUM_CLASSES) for _ in range(3)]}
+                      "annotations": [ellipse(g, w, h, cfg.MODEL.ROI_HEADS.NUM_CLASSES, num_keypoints)
+                                      for _ in range(3)]}
             image, target = mapper(record, np.random.default_rng([seed, k]))
             images.append(image)
             targets.append(target)
     return images, targets
 
 
-def ellipse(g: torch.Generator, w: int, h: int, num_classes: int) -> dict:
-    """An annotation: a 16-gon ellipse at a random place, its box, a random class."""
+def synthetic_flip_indices(num_keypoints: int) -> list[int] | None:
+    """COCO's person flip map for 17 keypoints; none swapped for another count; None without keypoints."""
+    if num_keypoints == len(KEYPOINT_NAMES):
+        return flip_indices(KEYPOINT_NAMES, flip_map(KEYPOINT_NAMES))
+    return list(range(num_keypoints)) if num_keypoints else None
+
+
+def ellipse(g: torch.Generator, w: int, h: int, num_classes: int, num_keypoints: int = 0) -> dict:
+    """An annotation: a 16-gon ellipse at a random place, its box, a random class; with
+    ``num_keypoints``, keypoints around the box (a fifth unlabelled, a fifth hidden, some outside
+    the box, so some RoIs hold none)."""
     corner = torch.rand(2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
     size = (torch.rand(2, generator=g) * 0.3 + 0.1) * torch.tensor([w, h])
     centre, radius = corner + size / 2, size / 2
     angles = torch.arange(16) * (2 * math.pi / 16)
     xs, ys = centre[0] + radius[0] * angles.cos(), centre[1] + radius[1] * angles.sin()
-    return {"bbox": [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())],
-            "category_id": int(torch.randint(num_classes, (1,), generator=g)), "iscrowd": 0,
-            "segmentation": [torch.stack([xs, ys], 1).flatten().tolist()]}
+    annotation = {"bbox": [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())],
+                  "category_id": int(torch.randint(num_classes, (1,), generator=g)), "iscrowd": 0,
+                  "segmentation": [torch.stack([xs, ys], 1).flatten().tolist()]}
+    if num_keypoints:
+        xy = corner + (torch.rand(num_keypoints, 2, generator=g) * 1.4 - 0.2) * size
+        v = torch.multinomial(torch.tensor([0.2, 0.2, 0.6]), num_keypoints, replacement=True, generator=g)
+        kps = torch.cat([xy, v[:, None].float()], 1)
+        kps[v == 0] = 0
+        annotation["keypoints"] = kps.flatten().tolist()
+    return annotation
 
 
 def detectron2_inputs(images: list[Tensor], targets: list[dict[str, Tensor]], mask_on: bool) -> list[dict]:
@@ -105,6 +130,8 @@ def detectron2_inputs(images: list[Tensor], targets: list[dict[str, Tensor]], ma
         if mask_on:
             masks = t["masks"]
             fields["gt_masks"] = PolygonMasks(masks.instances) if isinstance(masks, Polygons) else BitMasks(masks.bool())
+        if "keypoints" in t:
+            fields["gt_keypoints"] = Keypoints(t["keypoints"])
         inputs.append({"image": im, "instances": Instances(tuple(im.shape[-2:]), **fields)})
     return inputs
 
@@ -135,7 +162,7 @@ class Pair:
 def build_pair(config: str, overrides: Sequence[str] = (), seed: int = 0) -> Pair:
     """Both models of ``config``; the box and mask predictors are re-drawn wider than their
     init so scores are far apart and mask probabilities far from 0.5: NMS, top-k and the mask
-    threshold then do not hinge on rounding."""
+    threshold then do not hinge on rounding; the keypoint deconv is scaled down (see there)."""
     opts = [*overrides, *DETERMINISTIC]
     cfg = load_detection_config(config, opts)
     torch.manual_seed(seed)
@@ -145,6 +172,8 @@ def build_pair(config: str, overrides: Sequence[str] = (), seed: int = 0) -> Pai
         ours.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.05)
         if ours.roi_heads.mask_head is not None:
             ours.roi_heads.mask_head.predictor.weight.normal_(0, 0.3)
+        if ours.roi_heads.keypoint_head is not None:  # logits of a few units: a bicubic resize overshooting the
+            ours.roi_heads.keypoint_head.score_lowres.weight.mul_(0.02)  # map past exp's range trips detectron2
     theirs = Trainer.build_model(load_d2_config(str(config), opts))
     levels = [int(f[3]) for f in fpn_features(cfg)]
     names = {k: rename(k, levels) for k in ours.state_dict()}
@@ -185,6 +214,11 @@ def mirror(target: dict[str, Tensor], width: int) -> dict[str, Tensor]:
     if "masks" in target:
         masks = target["masks"]
         flipped["masks"] = masks.flipped(0, width) if isinstance(masks, Polygons) else masks.flip(-1)
+    if "keypoints" in target:  # mirrored in place (no left/right swap: precise BN reads no keypoint's name)
+        kps = target["keypoints"].clone()
+        kps[:, :, 0] = width - kps[:, :, 0]
+        kps[kps[:, :, 2] == 0] = 0
+        flipped["keypoints"] = kps
     return flipped
 
 
@@ -214,7 +248,7 @@ def compare_training(pair: Pair, images: list[Tensor], targets: list[dict[str, T
     params = dict(pair.detectron2.named_parameters())
     worst: dict[str, tuple[float, str]] = {}
     for name, p in pair.ours.named_parameters():
-        if p.grad is None:
+        if p.grad is None or name in SHIFT_INVARIANT:
             continue
         part = "grad backbone" if pair.exported[name].startswith("backbone.") else "grad heads"
         ref = params[pair.exported[name]].grad
@@ -251,6 +285,12 @@ def compare_inference(pair: Pair, images: list[Tensor]) -> list[Row]:
         b = cat([t.pred_masks.flatten() for t in theirs])
         rows.append(Row("masks (pixels differing)", float(a.sum()), float(b.sum()),
                         float((a != b).float().mean()), TOLERANCE["masks"]))
+    if pair.cfg.MODEL.KEYPOINT_ON and n_ours:
+        a = cat([d["keypoints"] for d in ours])
+        b = cat([t.pred_keypoints for t in theirs])
+        for name, part in (("keypoints", slice(0, 2)), ("keypoint scores", slice(2, 3))):
+            rows.append(Row(f"{name}" + (" (x, y)" if name == "keypoints" else ""), float(a[:, :, part].norm()),
+                            float(b[:, :, part].norm()), relative(a[:, :, part], b[:, :, part]), TOLERANCE[name]))
     return rows
 
 

@@ -1,5 +1,6 @@
 """Run a detector over a test set and turn its outputs into COCO-format detections
 (docs/DESIGN.md, "Detections file"): boxes back in the original image's pixels, masks pasted and RLE-encoded,
+keypoints scaled with the boxes and given as COCO's pixel indices,
 category ids mapped back to the dataset's own ids. Ranks take every world-th image and the
 detections are gathered to rank 0."""
 
@@ -47,7 +48,7 @@ def paste_masks(probs: Tensor, boxes: Tensor, image_hw: tuple[int, int]) -> Tens
 def postprocess(det: dict[str, Tensor], input_hw: tuple[int, int], output_hw: tuple[int, int]) -> dict[str, Tensor]:
     """Detections on the resized input -> on an output_hw image, as detectron2's
     detector_postprocess: boxes scaled and clipped, boxes left without area dropped, masks
-    pasted (bool, H x W)."""
+    pasted (bool, H x W), keypoints' x and y scaled (before the filter, as detectron2)."""
     h, w = output_hw
     boxes = det["boxes"].float().clone()
     boxes[:, 0::2] *= w / input_hw[1]
@@ -57,6 +58,11 @@ def postprocess(det: dict[str, Tensor], input_hw: tuple[int, int], output_hw: tu
     out = {"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep]}
     if "masks" in det:
         out["masks"] = paste_masks(det["masks"][keep][:, 0], out["boxes"], (h, w))
+    if "keypoints" in det:
+        kps = det["keypoints"].float().clone()
+        kps[:, :, 0] *= w / input_hw[1]
+        kps[:, :, 1] *= h / input_hw[0]
+        out["keypoints"] = kps[keep]
     return out
 
 
@@ -72,6 +78,10 @@ def to_results(det: dict, record: dict, input_hw: tuple[int, int], contiguous_to
                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
         if rles is not None:
             res["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
+        if "keypoints" in det:  # continuous coordinates -> COCO's pixel indices (detectron2's instances_to_coco_json)
+            kps = det["keypoints"][i].clone()
+            kps[:, :2] -= 0.5
+            res["keypoints"] = kps.flatten().tolist()
         out.append(res)
     return out
 

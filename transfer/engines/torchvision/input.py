@@ -2,7 +2,8 @@
 
 Resize (shortest edge from INPUT.MIN_SIZE_TRAIN by 'choice' or 'range', capped by the max
 size), flip, channels in INPUT.FORMAT order, 0-255 floats (the model normalises); instance
-masks kept as INPUT.MASK_FORMAT says (masks.py). Training
+masks kept as INPUT.MASK_FORMAT says (masks.py), keypoints moved with the image and swapped
+left <-> right by a horizontal flip (keypoints.py). Training
 batches are a pure function of (seed, iteration, rank): every random draw comes from a
 generator seeded by the sample's position in an endless stream of seeded permutations, so a
 resumed run sees exactly the batches an uninterrupted one would, whatever the workers.
@@ -19,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from mocobench import UserError
+from mocobench.transfer.engines.torchvision.keypoints import transform_keypoints
 from mocobench.transfer.engines.torchvision.masks import MASK_FORMATS, Polygons, rasterize
 
 FLIPS = ("horizontal", "vertical", "none")
@@ -98,7 +100,10 @@ def stack(masks: list[np.ndarray], keep: np.ndarray, size: tuple[int, int]) -> t
 
 
 class TrainMapper:
-    def __init__(self, cfg: CfgNode, mask_on: bool) -> None:
+    """``keypoint_flip_indices``: under MODEL.KEYPOINT_ON, the training datasets' left/right swap
+    (keypoints.dataset_flip_indices), which a horizontal flip needs."""
+
+    def __init__(self, cfg: CfgNode, mask_on: bool, keypoint_flip_indices: list[int] | None = None) -> None:
         i = cfg.INPUT
         if i.MIN_SIZE_TRAIN_SAMPLING not in ("choice", "range"):
             raise UserError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING {i.MIN_SIZE_TRAIN_SAMPLING!r}: use choice or range")
@@ -111,6 +116,11 @@ class TrainMapper:
         self.sizes = list(i.MIN_SIZE_TRAIN)
         self.sampling, self.max_size, self.flip, self.fmt = i.MIN_SIZE_TRAIN_SAMPLING, i.MAX_SIZE_TRAIN, i.RANDOM_FLIP, i.FORMAT
         self.mask_on, self.polygons = mask_on, i.MASK_FORMAT == "polygon"
+        self.keypoint_on, self.flip_indices = cfg.MODEL.KEYPOINT_ON, keypoint_flip_indices
+        self.num_keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS
+        if self.keypoint_on and self.flip == "horizontal" and keypoint_flip_indices is None:
+            raise UserError("MODEL.KEYPOINT_ON with INPUT.RANDOM_FLIP horizontal: the keypoints' flip map "
+                            "(keypoint_flip_map of DATASETS.TRAIN) is needed")
 
     def check(self, records: list[dict]) -> None:
         """Under MASK_FORMAT polygon, refuse an RLE instance (as detectron2 does) before any training."""
@@ -160,6 +170,11 @@ class TrainMapper:
                   "labels": torch.tensor([a["category_id"] + 1 for a, k in zip(annos, keep) if k], dtype=torch.int64)}
         if self.mask_on:
             target["masks"] = masks[keep] if isinstance(masks, Polygons) else stack(masks, keep, (h, w))
+        if self.keypoint_on:  # float64 arithmetic, float32 keypoints: detectron2's transforms and Keypoints
+            kps = [transform_keypoints(a["keypoints"], sx, sy, (h, w), flip, self.flip_indices)
+                   for a, kept in zip(annos, keep) if kept]
+            target["keypoints"] = torch.from_numpy(np.stack(kps).astype(np.float32) if kps else
+                                                   np.zeros((0, self.num_keypoints, 3), np.float32))
         return to_tensor(image), target
 
 

@@ -6,7 +6,8 @@ predictor layout (background last, class-specific deltas without a background en
 the losses (smooth-L1 with detectron2's beta, 0 = L1), inference (score > thresh over
 foreground classes, per-class NMS, top-k, no small-box filter) and mask targets (by
 INPUT.MASK_FORMAT, as detectron2: polygons rasterised in each RoI, or bitmasks cropped with
-roi_align aligned=True; see masks.py). Labels inside
+roi_align aligned=True; see masks.py). Keypoints (MODEL.KEYPOINT_ON): detectron2's keypoint head,
+loss and inference on the foreground RoIs, see keypoints.py. Labels inside
 torchvision's sampling are 1..K with 0 = background; outputs are 0-based contiguous ids.
 """
 
@@ -24,6 +25,9 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from mocobench import UserError
 from mocobench.transfer.engines.torchvision.heads import BoxPredictor, ConvFCBoxHead, MaskHead, Res5BoxHead
+from mocobench.transfer.engines.torchvision.keypoints import (KeypointHead, build_keypoint_branch,
+                                                              heatmaps_to_keypoints, keypoint_rcnn_loss,
+                                                              loss_normalizer, with_visible_keypoints)
 from mocobench.transfer.engines.torchvision.masks import Polygons, bitmask_targets, polygon_targets
 from mocobench.transfer.engines.torchvision.norm import get_norm
 from mocobench.transfer.engines.torchvision.pooler import ROIPooler
@@ -53,7 +57,8 @@ def mask_targets(boxes: list[Tensor], gt_masks: list[Tensor | Polygons], matched
 class DetectronRoIHeads(RoIHeads):
     def __init__(self, in_features: list[str], box_pooler: ROIPooler, box_head: nn.Module,
                  box_predictor: BoxPredictor, num_classes: int, cfg: CfgNode,
-                 mask_pooler: Optional[ROIPooler] = None, mask_head: Optional[MaskHead] = None) -> None:
+                 mask_pooler: Optional[ROIPooler] = None, mask_head: Optional[MaskHead] = None,
+                 keypoint_pooler: Optional[ROIPooler] = None, keypoint_head: Optional[KeypointHead] = None) -> None:
         h, b = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
         super().__init__(box_pooler, box_head, box_predictor,
                          fg_iou_thresh=h.IOU_THRESHOLDS[0], bg_iou_thresh=h.IOU_THRESHOLDS[0],
@@ -67,6 +72,11 @@ class DetectronRoIHeads(RoIHeads):
         self.mask_on = mask_head is not None
         self.mask_pooler = mask_pooler  # None: the mask head reads the box head's map (C4)
         self.mask_head = mask_head
+        # not torchvision's keypoint_roi_pool / keypoint_predictor: its own keypoint branch stays off
+        self.keypoint_on = keypoint_head is not None
+        self.keypoint_pooler, self.keypoint_head = keypoint_pooler, keypoint_head
+        self.keypoint_normalizer = loss_normalizer(cfg)
+        self.keypoint_loss_weight = cfg.MODEL.ROI_KEYPOINT_HEAD.LOSS_WEIGHT
 
     # ---- training ------------------------------------------------------------------
     def box_losses(self, cls_logits: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -84,6 +94,20 @@ class DetectronRoIHeads(RoIHeads):
         target = mask_targets(boxes, gt_masks, matched, logits.shape[-1])
         chosen = logits[torch.arange(logits.shape[0], device=logits.device), labels - 1]
         return F.binary_cross_entropy_with_logits(chosen.float(), target)
+
+    def keypoint_loss(self, feats: list[Tensor], proposals: list[Tensor], labels: list[Tensor],
+                      matched: list[Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
+        """detectron2's: the foreground RoIs with a visible keypoint of their instance inside."""
+        boxes, keypoints = [], []
+        for p, lab, m, t in zip(proposals, labels, matched, targets):
+            fg = lab > 0
+            b, kps = p[fg], t["keypoints"][m[fg]]
+            keep = with_visible_keypoints(b, kps)
+            boxes.append(b[keep])
+            keypoints.append(kps[keep])
+        logits = self.keypoint_head(self.keypoint_pooler(feats, boxes))
+        normalizer = None if self.keypoint_normalizer is None else len(boxes) * self.keypoint_normalizer
+        return keypoint_rcnn_loss(logits, boxes, keypoints, normalizer) * self.keypoint_loss_weight
 
     # ---- inference -----------------------------------------------------------------
     def detect(self, cls_logits: Tensor, deltas: Tensor, proposals: list[Tensor],
@@ -118,6 +142,8 @@ class DetectronRoIHeads(RoIHeads):
                 losses["loss_mask"] = self.mask_loss(self.mask_head(mask_in), fg_boxes,
                                                      [t["masks"] for t in targets],
                                                      [m[f] for m, f in zip(matched, fg)], labels_all[labels_all > 0])
+            if self.keypoint_on:
+                losses["loss_keypoint"] = self.keypoint_loss(feats, proposals, labels, matched, targets)
             return [], losses
         detections = self.detect(cls_logits, deltas, proposals, image_shapes)
         if self.mask_on:
@@ -133,6 +159,11 @@ class DetectronRoIHeads(RoIHeads):
                 probs = feats[0].new_zeros((0, 1, size, size))
             for d, p in zip(detections, probs.split([len(b) for b in boxes])):
                 d["masks"] = p
+        if self.keypoint_on:  # on the detections' boxes, as detectron2's inference
+            boxes = [d["boxes"] for d in detections]
+            logits = self.keypoint_head(self.keypoint_pooler(feats, boxes))
+            for d, k in zip(detections, heatmaps_to_keypoints(logits, torch.cat(boxes)).split([len(b) for b in boxes])):
+                d["keypoints"] = k
         return detections, {}
 
 
@@ -177,10 +208,16 @@ def build_roi_heads(cfg: CfgNode, in_channels: int, strides: dict[str, int],
         if cfg.MODEL.MASK_ON:
             mask_pooler = _pooler(in_features, strides, m.POOLER_RESOLUTION, m.POOLER_SAMPLING_RATIO, m.POOLER_TYPE)
             mask_channels = in_channels
+    keypoint_pooler, keypoint_head = None, None
+    if cfg.MODEL.KEYPOINT_ON:
+        if h.NAME != "StandardROIHeads":
+            raise UserError(f"MODEL.KEYPOINT_ON with MODEL.ROI_HEADS.NAME {h.NAME}: keypoint R-CNN needs "
+                            "StandardROIHeads (detectron2's Res5ROIHeads has no keypoint head either)")
+        keypoint_pooler, keypoint_head = build_keypoint_branch(cfg, in_features, strides, in_channels)
     mask_head = None
     if cfg.MODEL.MASK_ON:
         if m.NAME != "MaskRCNNConvUpsampleHead":
             raise UserError(f"MODEL.ROI_MASK_HEAD.NAME {m.NAME!r}: only MaskRCNNConvUpsampleHead is implemented")
         mask_head = MaskHead(mask_channels, num_classes, m.NUM_CONV, m.CONV_DIM, m.NORM)
     return DetectronRoIHeads(in_features, box_pooler, box_head, BoxPredictor(box_channels, num_classes),
-                             num_classes, cfg, mask_pooler, mask_head)
+                             num_classes, cfg, mask_pooler, mask_head, keypoint_pooler, keypoint_head)

@@ -25,7 +25,7 @@ HONOURED = (
     "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
     "MODEL.ROI_BOX_HEAD.NUM_FC", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_BOX_HEAD.NUM_CONV",
     "MODEL.ROI_BOX_HEAD.CONV_DIM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
-    "MODEL.ROI_MASK_HEAD", "MODEL.DC5",
+    "MODEL.ROI_MASK_HEAD", "MODEL.DC5", "MODEL.KEYPOINT_ON", "MODEL.ROI_KEYPOINT_HEAD",
     "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.OUT_FEATURES", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.NORM",
     "MODEL.RESNETS.WIDTH_PER_GROUP", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RESNETS.RES5_DILATION",
     "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.RESNETS.STEM_OUT_CHANNELS",
@@ -38,7 +38,7 @@ HONOURED = (
     "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_METHOD", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH",
     "SOLVER.REFERENCE_WORLD_SIZE", "SOLVER.BIAS_LR_FACTOR", "SOLVER.WEIGHT_DECAY_BIAS", "SOLVER.AMP",
     "SOLVER.CLIP_GRADIENTS.ENABLED",
-    "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN",
+    "TEST.EVAL_PERIOD", "TEST.DETECTIONS_PER_IMAGE", "TEST.PRECISE_BN", "TEST.KEYPOINT_OKS_SIGMAS",
 )
 # honoured by the semantic segmentor only (MODEL.META_ARCHITECTURE SemanticSegmentor, semseg.py):
 # a detection config setting them would be ignored
@@ -52,9 +52,9 @@ def _honoured(key: str, semantic: bool = False) -> bool:
 
 
 def check_supported(cfg: CfgNode, defaults: CfgNode, source: str) -> None:
-    if cfg.MODEL.KEYPOINT_ON:  # the one unsupported key with a whole table behind it: say where it runs
-        raise UserError(f"{source}: MODEL.KEYPOINT_ON is True, but the torchvision engine has no keypoint head; "
-                        "keypoint R-CNN (the COCO keypoint table) runs on --engine detectron2")
+    if cfg.MODEL.KEYPOINT_ON and cfg.MODEL.ROI_HEADS.NAME != "StandardROIHeads":  # keypoints.py: FPN / C5 only
+        raise UserError(f"{source}: MODEL.KEYPOINT_ON is True with MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME}; "
+                        "keypoint R-CNN needs StandardROIHeads (detectron2's Res5ROIHeads has no keypoint head either)")
     lvis = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n.startswith("lvis_")]
     if lvis:  # federated labels, repeat-factor sampling and LVISEval: the LVIS table's engine is detectron2
         raise UserError(f"{source}: dataset {lvis[0]} is LVIS, whose federated training and evaluation the "

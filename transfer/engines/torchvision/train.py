@@ -24,10 +24,11 @@ from mocobench.atomic import torch_save, write_json, write_text
 from mocobench.checkpoints import check_weights, last_checkpoint, point_to, read_checkpoint
 from mocobench.progress import JsonlLog, Progress
 from mocobench.transfer.config import load_detection_config
-from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_datasets
+from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_datasets, get_metadata
 from mocobench.transfer.engines.torchvision.build import DetectronRCNN, build_model
 from mocobench.transfer.engines.torchvision.inference import run_inference
 from mocobench.transfer.engines.torchvision.input import TrainBatches, TrainMapper
+from mocobench.transfer.engines.torchvision.keypoints import dataset_flip_indices, few_keypoints
 from mocobench.transfer.engines.torchvision.precise_bn import update_bn_stats
 from mocobench.transfer.engines.torchvision.solver import auto_scale_workers, build_optimizer, set_lr
 from mocobench.transfer.engines.torchvision.weights import BackboneInit
@@ -95,6 +96,8 @@ class DetectionTrainer:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
         self.init: Optional[BackboneInit] = None
         self.skipped_empty = 0  # training images without annotations, left out
+        self.skipped_few_keypoints = 0  # and, under MODEL.KEYPOINT_ON, those with too few keypoints
+        self.keypoint_flip: Optional[list[int]] = None
 
     # ---- set-up ------------------------------------------------------------------------
     def build(self, weights: str, with_init: bool) -> DetectronRCNN:
@@ -142,6 +145,8 @@ class DetectionTrainer:
                 print(f"transfer: DATASETS.TRAIN: skipped {self.skipped_empty} of {len(records)} images without "
                       f"annotations (DATALOADER.FILTER_EMPTY_ANNOTATIONS), as detectron2 does", flush=True)
             records = kept
+        if cfg.MODEL.KEYPOINT_ON:
+            records = self.keypoint_records(records)
         if not records:
             raise UserError(f"{list(cfg.DATASETS.TRAIN)}: no training images with annotations")
         # the processes share one stream of the images: a global batch larger than them repeats images in a step
@@ -150,6 +155,23 @@ class DetectionTrainer:
                             f"give no full batch of SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} "
                             f"(images with annotations, over {self.world} process(es)); use at most {len(records)}")
         return records
+
+    def keypoint_records(self, records: list[dict]) -> list[dict]:
+        """The flip map of the training datasets, and the images with at least
+        ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE labelled keypoints (detectron2's filter)."""
+        names = list(self.cfg.DATASETS.TRAIN)
+        self.keypoint_flip = dataset_flip_indices([get_metadata(n, self.data_root) for n in names], names,
+                                                  self.cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS, self.config_path)
+        minimum = self.cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+        if minimum <= 0:
+            return records
+        kept = [r for r in records if not few_keypoints(r, minimum)]
+        self.skipped_few_keypoints = len(records) - len(kept)
+        if self.skipped_few_keypoints and self.main:
+            print(f"transfer: DATASETS.TRAIN: skipped {self.skipped_few_keypoints} of {len(records)} images with "
+                  f"fewer than {minimum} labelled keypoints (MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE), "
+                  "as detectron2 does", flush=True)
+        return kept
 
     def train(self, model: DetectronRCNN, resume: bool, records: list[dict]) -> int:
         cfg, s = self.cfg, self.cfg.SOLVER
@@ -238,7 +260,7 @@ class DetectionTrainer:
         return s.MAX_ITER
 
     def train_mapper(self) -> TrainMapper:
-        return TrainMapper(self.cfg, self.cfg.MODEL.MASK_ON)
+        return TrainMapper(self.cfg, self.cfg.MODEL.MASK_ON, self.keypoint_flip)
 
     def to_device(self, batch):
         images = [im.to(self.device, non_blocking=True) for im, _ in batch]
@@ -271,7 +293,8 @@ class DetectionTrainer:
             self.check_classes(meta, [name])
             detections = run_inference(model, self.cfg, records, meta, self.device)
             if self.main:
-                results[name] = evaluate(name, self.data_root, detections, source=f"{name} detections")
+                results[name] = evaluate(name, self.data_root, detections, source=f"{name} detections",
+                                         oks_sigmas=tuple(self.cfg.TEST.KEYPOINT_OKS_SIGMAS))
         return results
 
 
@@ -295,8 +318,10 @@ def run_job(cfg: CfgNode, out_dir: Path, data_root: Optional[str], config_path: 
     for name in list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN)):
         checks[name] = check_images(name, data_root)  # a missing or unreadable image fails before anything runs
     records = None if eval_only else job.training_records()
-    if job.skipped_empty:
-        checks["DATASETS.TRAIN"] = {"images_without_annotations_skipped": job.skipped_empty}
+    skipped = {"images_without_annotations_skipped": job.skipped_empty,
+               "images_with_few_keypoints_skipped": job.skipped_few_keypoints}
+    if any(skipped.values()):
+        checks["DATASETS.TRAIN"] = {k: v for k, v in skipped.items() if v}
     stored = out_dir / "config.yaml"
     if resume and stored.is_file() and cfg.SEED < 0:
         cfg.SEED = load_detection_config(stored).SEED
