@@ -136,3 +136,20 @@ def test_eta_spreads_work_over_workers_and_scales_by_measured_speed_but_not_by_r
     eta.record("a", 200.0)  # this machine runs at half the expected speed
     assert eta.remaining(["b", "c"]) == 100.0  # max(100 / 2, 50) x 2
     assert eta.remaining(["b", "c"], running={"b": 60.0, "c": 60.0}) == 40.0  # 20 expected seconds left each
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [3, 7])  # the seeds whose COCO table flipped before (on an EPYC and on a Xeon)
+def test_demo_at_another_seed_puts_both_pretrained_inits_above_random_init(tmp_path, seed):
+    """The whole demo at its defaults but SEED: in both tables supervised and MoCo lead random init
+    on box AP50, and each lead is told against random init's measured spread (~5 minutes)."""
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "mocobench", "demo", "--output-dir", str(out), "SEED", str(seed)],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split(",") for line in (out / "report" / "results.csv").read_text().splitlines()[1:]]
+    ap50 = {(r[0], r[1]): float(r[7]) for r in rows if r[2] == "measured" and r[4] == "bbox/AP50"}
+    for table in ("demo_voc_R50_C4", "demo_coco_R50_C4"):
+        for init in ("supervised", "moco"):
+            assert ap50[(table, init)] > ap50[(table, "random")], (table, ap50)
+    assert done.stdout.count("sd of random init") == 4, done.stdout[-3000:]
