@@ -14,9 +14,9 @@ supervised init, its conversion and detection and the random-init detection.
 
 Every task is resumable: run the demo again after a kill and it skips what finished and
 continues what did not (pretraining and detection jobs resume from their last checkpoint).
-One detection trial per init by default (under 10 minutes on 2 cores); `mocobench demo
-TRIALS 3` runs three and prints means and stds, since a short job's AP50 moves by several
-points from seed to seed.
+One detection trial per init by default, three for random init (its tables' RANDOM_TRIALS), so
+each lead is told against random init's measured spread (about 5 minutes on 2 cores); `mocobench
+demo TRIALS 3` runs three of every init and prints their means and stds too.
 """
 
 from __future__ import annotations
