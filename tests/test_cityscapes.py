@@ -265,7 +265,9 @@ def test_cityscapes_table_loads_with_published_rows_and_refuses_the_torchvision_
     assert table.cfg.ENGINE == "detectron2" and table.metrics == ["segm/AP", "segm/AP50"]
     rows = paper_rows(table).set_index("label")
     assert rows.loc["supervised IN-1M", "baseline"] and not rows[table.metrics].isna().any().any()
-    assert all("to be checked against it" in s for s in rows["source"])
+    # each row's source names the paper's table it was checked against, in the paper's PDF
+    assert all(s.startswith("He et al. 2020, Table 6") and "checked against Table 6 in the paper's PDF" in s
+               and "to be checked" not in s for s in rows["source"]), rows["source"]
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
     common = ["--inits", inits, "--output", tmp_path / "out", "--dry-run"]

@@ -189,6 +189,9 @@ def test_keypoint_tables_load_with_published_rows_for_either_engine(tmp_path):
     assert two.metrics == ["keypoints/AP", "keypoints/AP50", "keypoints/AP75"]
     rows = paper_rows(two).set_index("label")
     assert rows.loc["MoCo IN-1M", "keypoints/AP"] == 66.8 and rows.loc["supervised IN-1M", "keypoints/AP75"] == 71.9
+    # each row's source names the paper's table it was checked against, in the paper's PDF
+    assert all(s.startswith("He et al. 2020, Table 6") and "checked against Table 6 in the paper's PDF" in s
+               and "to be checked" not in s for s in rows["source"]), rows["source"]
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
     common = ["--tables", "coco_kp_R50_FPN_2x", "--inits", inits, "--output", tmp_path / "out", "--dry-run"]

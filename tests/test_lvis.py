@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -332,12 +333,13 @@ def test_metrics_equal_detectron2_lvis_evaluator_on_the_same_predictions(data):
 def test_lvis_configs_load_with_detectron2s_recipe():
     from mocobench.transfer.config import load_detection_config
 
-    for name, fmt in (("lvis_R_50_FPN_1x", "BGR"), ("lvis_R_50_FPN_1x_rgb", "RGB")):
-        cfg = load_detection_config(ROOT / "configs/detection" / f"{name}.yaml")
+    schedules = {"1x": (90000, (60000, 80000)), "2x": (180000, (120000, 160000))}  # detectron2's 1x and 2x
+    for (schedule, solver), (suffix, fmt) in product(schedules.items(), (("", "BGR"), ("_rgb", "RGB"))):
+        cfg = load_detection_config(ROOT / "configs/detection" / f"lvis_R_50_FPN_{schedule}{suffix}.yaml")
         assert cfg.INPUT.FORMAT == fmt and cfg.MODEL.MASK_ON and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1230
         assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler" and cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
         assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.0001
-        assert cfg.MODEL.RESNETS.NORM == "SyncBN" and (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS)) == (90000, (60000, 80000))
+        assert cfg.MODEL.RESNETS.NORM == "SyncBN" and (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS)) == solver
         assert list(cfg.DATASETS.TRAIN) == [TRAIN] and list(cfg.DATASETS.TEST) == [VAL]
 
 
@@ -351,24 +353,45 @@ def test_torchvision_engine_refuses_lvis_in_one_line():
     assert "\n" not in str(e.value) and "--engine detectron2" in str(e.value) and "lvis_v0.5_train" in str(e.value)
 
 
-def test_lvis_table_loads_with_published_rows_and_refuses_the_torchvision_engine(tmp_path):
+def test_lvis_tables_load_with_their_schedules_published_rows_and_refuse_the_torchvision_engine(tmp_path):
+    from mocobench.results.collate import published_stats, with_deltas
     from mocobench.results.paper import paper_rows
     from mocobench.results.tables import resolve_tables
 
-    (table,) = resolve_tables(["lvis_R50_FPN_1x"])
-    assert table.cfg.ENGINE == "detectron2" and table.metrics == ["segm/AP", "segm/AP50", "segm/AP75"]
-    rows = paper_rows(table).set_index("label")
-    assert [rows.loc[r, "segm/AP"] for r in ("supervised IN-1M", "MoCo IN-1M", "MoCo IG-1B")] == [24.4, 24.1, 24.9]
-    assert rows.loc["supervised IN-1M", "baseline"] and not rows[table.metrics].isna().any().any()
-    assert all("to be checked against it" in s for s in rows["source"])  # AP50/AP75 were not checked
+    one, two = resolve_tables(["lvis_R50_FPN_1x", "lvis_R50_FPN_2x"])
+    for table, schedule in ((one, "1x"), (two, "2x")):
+        assert table.cfg.ENGINE == "detectron2" and table.metrics == ["segm/AP", "segm/AP50", "segm/AP75"]
+        assert table.cfg.TRIALS == 5 and f"_FPN_{schedule}" in str(table.config_for("RGB"))
+        assert f"schedule={schedule}" in table.cfg.PAPER.FILTER
+    ap = {t.name: paper_rows(t).set_index("label")["segm/AP"].to_dict() for t in (one, two)}
+    # appendix A.4's 1x column; Table 6 (= A.4's 2x column, with its random init.) and A.4's 2x tuned supervised
+    assert ap["lvis_R50_FPN_1x"] == {"supervised IN-1M BN frozen": 24.1, "supervised IN-1M BN tuned": 23.5,
+                                     "MoCo IN-1M BN tuned": 23.2, "MoCo IG-1B BN tuned": 24.3}
+    assert ap["lvis_R50_FPN_2x"] == {"random init.": 22.5, "supervised IN-1M BN frozen": 24.4,
+                                     "MoCo IN-1M BN tuned": 24.1, "MoCo IG-1B BN tuned": 24.9,
+                                     "supervised IN-1M BN tuned": 23.2}
+    for table, tables in ((one, ["appendix A.4's LVIS table, 1x"]),
+                          (two, ["Table 6", "appendix A.4's LVIS table, 2x"])):
+        rows = paper_rows(table)
+        assert rows.loc[rows["label"] == "supervised IN-1M BN frozen", "baseline"].all()
+        assert not rows[table.metrics].isna().any().any()
+        # each row's source names the paper's table it was checked against, in the paper's PDF
+        assert all(any(f"He et al. 2020, {t}" in s for t in tables) and "checked against" in s
+                   and "PDF" in s and "to be checked" not in s for s in rows["source"]), rows["source"]
+    stats = with_deltas(published_stats(two))  # Table 6's deltas over its supervised row (BN frozen)
+    deltas = stats[stats["source"].str.startswith("He et al. 2020, Table 6") & (stats["metric"] == "segm/AP")]
+    assert dict(zip(deltas["row"].str.rpartition(": ")[2], deltas["delta"].round(1).fillna(0))) == {
+        "random init.": -1.9, "supervised IN-1M BN frozen": 0.0,  # the baseline: no delta
+        "MoCo IN-1M BN tuned": -0.3, "MoCo IG-1B BN tuned": 0.5}
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
     common = ["--inits", inits, "--output", tmp_path / "out", "--dry-run"]
-    done = run_cli_at_once({"named": ["run-all", "--tables", "lvis_R50_FPN_1x", *common],
+    done = run_cli_at_once({"named": ["run-all", "--tables", "lvis_R50_FPN_1x", "lvis_R50_FPN_2x", *common],
                             "all": ["run-all", *common]})
     assert one_line_refusals({"named": done["named"]}, {"named": "runs on --engine detectron2 only"}) == []
     assert done["all"].returncode == 0, done["all"].stderr
-    assert "skipped   table lvis_R50_FPN_1x" in done["all"].stdout and "lvis_R50_FPN_1x/" not in done["all"].stdout
+    for name in ("lvis_R50_FPN_1x", "lvis_R50_FPN_2x"):
+        assert f"skipped   table {name}" in done["all"].stdout and f"{name}/" not in done["all"].stdout
 
 
 @needs_d2

@@ -461,13 +461,17 @@ def test_tables_load_with_published_rows_for_either_engine(tmp_path):
     from mocobench.results.paper import paper_rows
     from mocobench.results.tables import resolve_tables
 
-    for name, supervised in (("voc_semseg_R50_FCN", 74.4), ("cityscapes_semseg_R50_FCN", 74.6)):
+    for name, supervised, column in (("voc_semseg_R50_FCN", 74.4, "VOC"),
+                                     ("cityscapes_semseg_R50_FCN", 74.6, "Cityscapes")):
         (table,) = resolve_tables([name])
         assert table.cfg.ENGINE == "" and table.metrics == ["sem_seg/mIoU"] and table.cfg.TRIALS == 5
         rows = paper_rows(table).set_index("label")
         assert list(rows.index) == ["random init.", "supervised IN-1M", "MoCo IN-1M", "MoCo IG-1B"]
         assert rows.loc["supervised IN-1M", "sem_seg/mIoU"] == supervised and rows.loc["supervised IN-1M", "baseline"]
-        assert all("to be checked against it" in s for s in rows["source"])
+        # each row's source names the paper's table it was checked against, in the paper's PDF
+        assert all(s.startswith(f"He et al. 2020, Table 6 (semantic seg., {column} column);")
+                   and "checked against Table 6 in the paper's PDF" in s and "to be checked" not in s
+                   for s in rows["source"]), rows["source"]
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
     common = ["--tables", "voc_semseg_R50_FCN", "cityscapes_semseg_R50_FCN", "--inits", inits,
