@@ -54,10 +54,12 @@ def _refuse_repeats(items: list[dict], key: str, section: str, what: str, json_f
         first.setdefault(value, i)
 
 
-def _check_structure(data: Any, json_file: Path) -> None:
+def _check_structure(data: Any, json_file: Path, required: dict[str, tuple[str, ...]] | None = None,
+                     kind: str = "a COCO instances file") -> None:
+    """Each section of ``required`` (default: COCO's) a list of objects holding its fields."""
     if not isinstance(data, dict):
-        raise UserError(f"{json_file}: not a COCO instances file (top level is not an object)")
-    for section, fields in REQUIRED_FIELDS.items():
+        raise UserError(f"{json_file}: not {kind} (top level is not an object)")
+    for section, fields in (REQUIRED_FIELDS if required is None else required).items():
         if not isinstance(data.get(section), list):
             raise UserError(f"{json_file}: missing list {section!r}")
         for i, item in enumerate(data[section]):
@@ -65,7 +67,8 @@ def _check_structure(data: Any, json_file: Path) -> None:
                 raise UserError(f"{json_file}: {section}[{i}] is not an object: {item!r}")
             missing = [f for f in fields if f not in item]
             if missing:
-                raise UserError(f"{json_file}: {section}[{i}] is missing field(s) {', '.join(missing)}")
+                raise UserError(f"{json_file}: {section}[{i}] is missing field(s) {', '.join(missing)}"
+                                + ("" if required is None else f" ({kind} needs them)"))
 
 
 def _check_images(images: list[dict], json_file: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mocobench import UserError
-from mocobench.transfer.datasets.coco import _check_bbox, _is_number, _refuse_repeats
+from mocobench.transfer.datasets.coco import _check_bbox, _check_structure as check_structure, _is_number, _refuse_repeats
 
 # name -> (image root, json), relative to the data root (detectron2's builtin LVIS v0.5 table)
 LVIS_BUILTIN = {
@@ -41,18 +41,7 @@ FREQUENCIES = ("r", "c", "f")  # LVISEval's groups: rare, common, frequent
 
 
 def _check_structure(data: Any, json_file: Path) -> None:
-    if not isinstance(data, dict):
-        raise UserError(f"{json_file}: not an LVIS file (top level is not an object)")
-    for section, fields in REQUIRED_FIELDS.items():
-        if not isinstance(data.get(section), list):
-            raise UserError(f"{json_file}: missing list {section!r}")
-        for i, item in enumerate(data[section]):
-            if not isinstance(item, dict):
-                raise UserError(f"{json_file}: {section}[{i}] is not an object: {item!r}")
-            missing = [f for f in fields if f not in item]
-            if missing:
-                raise UserError(f"{json_file}: {section}[{i}] is missing field(s) {', '.join(missing)} "
-                                f"(an LVIS file needs them)")
+    check_structure(data, json_file, REQUIRED_FIELDS, "an LVIS file")
 
 
 def _check_categories(categories: list[dict], json_file: Path) -> None:

@@ -33,10 +33,8 @@ def _coco_metrics(gt: COCO, results: list[dict[str, Any]], iou_type: str) -> dic
             for i, m in enumerate(METRICS)}
 
 
-def evaluate_coco(gt: COCO, detections: Sequence[Mapping[str, Any]],
-                  source: str = "detections") -> dict[str, dict[str, float]]:
-    """{"bbox": {...}} plus {"segm": {...}} when the detections carry masks."""
-    detection_arrays(detections, {i: i for i in gt.imgs}, {c: c for c in gt.cats}, source)
+def check_masks(detections: Sequence[Mapping[str, Any]], source: str) -> bool:
+    """Whether the detections carry masks: all of them RLEs, or none."""
     with_masks = sum("segmentation" in d for d in detections)
     if with_masks not in (0, len(detections)):
         raise UserError(f"{source}: {with_masks} of {len(detections)} detections have a "
@@ -46,6 +44,14 @@ def evaluate_coco(gt: COCO, detections: Sequence[Mapping[str, Any]],
         if not isinstance(segm, Mapping) or not {"size", "counts"} <= set(segm):
             raise UserError(f"{source}: detection {i} has a segmentation that is not an RLE "
                             f"{{'size': [h, w], 'counts': str}}")
+    return bool(with_masks)
+
+
+def evaluate_coco(gt: COCO, detections: Sequence[Mapping[str, Any]],
+                  source: str = "detections") -> dict[str, dict[str, float]]:
+    """{"bbox": {...}} plus {"segm": {...}} when the detections carry masks."""
+    detection_arrays(detections, {i: i for i in gt.imgs}, {c: c for c in gt.cats}, source)
+    with_masks = check_masks(detections, source)
     # loadRes adds fields to the dicts it gets: give it copies.
     results = {"bbox": [dict(d) for d in detections]}
     if with_masks:

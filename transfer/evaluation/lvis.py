@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from mocobench import UserError
+from mocobench.transfer.evaluation.coco import check_masks
 from mocobench.transfer.evaluation.detections import detection_arrays
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -83,19 +84,6 @@ def _lvis_metrics(gt: Any, results: list[dict[str, Any]], iou_type: str, max_det
     return to_percent(evaluation.get_results())
 
 
-def _check_masks(detections: Sequence[Mapping[str, Any]], source: str) -> bool:
-    with_masks = sum("segmentation" in d for d in detections)
-    if with_masks not in (0, len(detections)):
-        raise UserError(f"{source}: {with_masks} of {len(detections)} detections have a "
-                        f"segmentation; give it for all or none")
-    for i, det in enumerate(detections if with_masks else ()):
-        segm = det["segmentation"]
-        if not isinstance(segm, Mapping) or not {"size", "counts"} <= set(segm):
-            raise UserError(f"{source}: detection {i} has a segmentation that is not an RLE "
-                            f"{{'size': [h, w], 'counts': str}}")
-    return bool(with_masks)
-
-
 def evaluate_lvis(json_file: str, detections: Sequence[Mapping[str, Any]], source: str = "detections",
                   max_dets: int = MAX_DETS) -> dict[str, dict[str, float]]:
     """{"bbox": {...}} plus {"segm": {...}} when the detections carry masks; ``json_file`` is
@@ -103,7 +91,7 @@ def evaluate_lvis(json_file: str, detections: Sequence[Mapping[str, Any]], sourc
     lvis = import_lvis()
     gt = lvis.LVIS(json_file)
     detection_arrays(detections, {i: i for i in gt.imgs}, {c: c for c in gt.cats}, source)
-    with_masks = _check_masks(detections, source)
+    with_masks = check_masks(detections, source)
     # LVISResults adds fields to (and for boxes, a polygon to) the dicts it gets: give it copies
     results = {"bbox": copy.deepcopy([dict(d) for d in detections])}
     if with_masks:
