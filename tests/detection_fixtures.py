@@ -64,3 +64,19 @@ def write_coco(root: Path, split: str, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def same_records_but_boxes(ours: list[dict], theirs: list[dict]) -> list[tuple[dict, dict]]:
+    """Asserts our records equal detectron2's (record by record, annotation by annotation) but for the
+    boxes (bbox, detectron2's bbox_mode); returns the (ours, theirs) annotation pairs for the box check."""
+    assert len(ours) == len(theirs) and sum(len(r["annotations"]) for r in ours) > 0
+    pairs = []
+    for mine, ref in zip(ours, theirs):
+        assert {k: v for k, v in mine.items() if k != "annotations"} == {
+            k: v for k, v in ref.items() if k != "annotations"}
+        assert len(mine["annotations"]) == len(ref["annotations"])
+        for a, b in zip(mine["annotations"], ref["annotations"]):
+            assert {k: v for k, v in a.items() if k != "bbox"} == {
+                k: v for k, v in b.items() if k not in ("bbox", "bbox_mode")}
+            pairs.append((a, b))
+    return pairs

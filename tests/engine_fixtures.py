@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -21,6 +22,30 @@ def needs_d2(test):
     return pytest.mark.detectron2(skip_without_d2(test))
 
 
+def synth_fixture(name: str, **parts: bool):
+    """A module-scoped fixture (assign it to ``data``): the tiny synthetic data at seed 1, one worker,
+    under a temporary folder named after ``name``, with ``parts`` (``keypoints=True``, ``lvis=True``, ...)."""
+    @pytest.fixture(scope="module")
+    def data(tmp_path_factory) -> Path:
+        from mocobench.transfer.datasets.synth import write_synthetic
+
+        out = tmp_path_factory.mktemp(name) / "synth"
+        write_synthetic(out, seed=1, scale="tiny", workers=1, **parts)
+        return out
+    return data
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """torch on one thread through each test of a module that imports this (autouse there), then as it was."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # tiny width (ResNet-50 layout), tiny images, a handful of iterations, 4 classes (tiny synth)
 TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
         "MODEL.RESNETS.WIDTH_PER_GROUP", "4", "MODEL.ROI_HEADS.NUM_CLASSES", "4",
@@ -30,18 +55,37 @@ TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS
         "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.PRECISE_BN.NUM_ITER", "2", "DATALOADER.NUM_WORKERS", "0"]
 
 
-def write_tiny_config(path: Path, base: Path = DEMO / "demo_voc_C4.yaml") -> Path:
-    """A config file: ``base`` with the TINY overrides, for commands that take no overrides."""
+def write_tiny_config(path: Path, base: Path = DEMO / "demo_voc_C4.yaml", overrides: Sequence[str] = TINY) -> Path:
+    """A config file: ``base`` with ``overrides`` (KEY VALUE pairs; default the TINY ones), for commands
+    that take no overrides."""
     import yaml
 
     tree: dict = {}
-    for key, value in zip(TINY[0::2], TINY[1::2]):
+    for key, value in zip(overrides[0::2], overrides[1::2]):
         *parents, leaf = key.split(".")
         node = tree
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(value) if not value.startswith("(") else value
     path.write_text(yaml.safe_dump({"_BASE_": str(base), **tree}))
+    return path
+
+
+def write_tiny_table(name: str, tmp_path: Path, overrides: Sequence[str], trials: int | None = None) -> Path:
+    """configs/tables/<name>.yaml at tiny scale under ``tmp_path``: each of its configs with ``overrides``,
+    one process (no scaling from the paper's 8 GPUs), ``trials`` trials where given, the rest as it is."""
+    import yaml
+
+    tables = ROOT / "configs" / "tables"
+    table = yaml.safe_load((tables / f"{name}.yaml").read_text())
+    for fmt, rel in table["CONFIG"].items():
+        table["CONFIG"][fmt] = str(write_tiny_config(tmp_path / f"{name}_{fmt}.yaml", (tables / rel).resolve(),
+                                                     overrides))
+    if trials is not None:
+        table["TRIALS"] = trials
+    table["REFERENCE_WORLD_SIZE"] = 0
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(table))
     return path
 
 

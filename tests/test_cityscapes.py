@@ -15,7 +15,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from conftest import one_line_refusals, run_cli_at_once
-from engine_fixtures import TINY, needs_d2
+from detection_fixtures import same_records_but_boxes
+from engine_fixtures import TINY, needs_d2, synth_fixture
 from mocobench import UserError
 from mocobench.transfer.datasets import synth_cityscapes
 from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_metadata
@@ -26,11 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VAL, TRAIN = "cityscapes_fine_instance_seg_val", "cityscapes_fine_instance_seg_train"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cityscapes") / "synth"
-    write_synthetic(out, seed=1, scale="tiny", workers=1, cityscapes=True)
-    return out
+data = synth_fixture("cityscapes", cityscapes=True)
 
 
 def polygon_files(root: Path, split: str = "*") -> list[Path]:
@@ -138,15 +135,8 @@ def test_records_equal_detectron2_load_cityscapes_instances(data, name):
     theirs = sorted(load_cityscapes_instances(meta["image_dir"] + "/", meta["gt_dir"] + "/", from_json=True,
                                               to_polygons=True), key=lambda r: r["file_name"])
     ours, _ = get_dataset(name, data)
-    assert len(ours) == len(theirs) and sum(len(r["annotations"]) for r in ours) > 0
-    for mine, ref in zip(ours, theirs):
-        assert {k: v for k, v in mine.items() if k != "annotations"} == {
-            k: v for k, v in ref.items() if k != "annotations"}
-        assert len(mine["annotations"]) == len(ref["annotations"])
-        for a, b in zip(mine["annotations"], ref["annotations"]):
-            assert b["bbox_mode"] == BoxMode.XYXY_ABS and a["bbox"] == list(b["bbox"])
-            assert {k: v for k, v in a.items() if k != "bbox"} == {
-                k: v for k, v in b.items() if k not in ("bbox", "bbox_mode")}
+    for a, b in same_records_but_boxes(ours, theirs):
+        assert b["bbox_mode"] == BoxMode.XYXY_ABS and a["bbox"] == list(b["bbox"])
 
 
 # ---- evaluator -----------------------------------------------------------------------------

@@ -19,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from engine_fixtures import needs_d2
+from engine_fixtures import needs_d2, one_thread, synth_fixture, write_tiny_table  # noqa: F401 (one_thread: autouse)
 from mocobench import UserError
 from mocobench.transfer.config import load_detection_config
 from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
 from mocobench.transfer.datasets.person_keypoints import KEYPOINT_NAMES, flip_map
-from mocobench.transfer.datasets.synth import write_synthetic
 from mocobench.transfer.engines.torchvision import keypoints as kp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,19 +49,7 @@ TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS
         "MODEL.DEVICE", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kp_engine") / "synth"
-    write_synthetic(out, seed=1, scale="tiny", workers=1, keypoints=True)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+data = synth_fixture("kp_engine", keypoints=True)
 
 
 def coco_flip() -> list[int]:
@@ -372,28 +358,8 @@ def test_training_skips_images_with_few_keypoints_and_evaluates_keypoint_ap(data
     assert 0 <= metrics["keypoints"]["AP"] <= 100 and "loss_keypoint" in (out / "metrics.jsonl").read_text()
 
 
-def tiny_table(tmp_path: Path) -> Path:
-    """The keypoint table at tiny scale: its configs with the TINY overrides, one process."""
-    table = yaml.safe_load((ROOT / "configs" / "tables" / "coco_kp_R50_FPN_2x.yaml").read_text())
-    for fmt, rel in table["CONFIG"].items():
-        tree: dict = {"_BASE_": str((ROOT / "configs" / "tables" / rel).resolve())}
-        for key, value in zip(TINY[0::2], TINY[1::2]):
-            *parents, leaf = key.split(".")
-            node = tree
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value) if not value.startswith("(") else value
-        path = tmp_path / f"kp_{fmt}.yaml"
-        path.write_text(yaml.safe_dump(tree))
-        table["CONFIG"][fmt] = str(path)
-    table["REFERENCE_WORLD_SIZE"] = 0  # one process: no scaling from the paper's 8 GPUs
-    path = tmp_path / "coco_kp_R50_FPN_2x.yaml"
-    path.write_text(yaml.safe_dump(table))
-    return path
-
-
 def test_keypoint_table_runs_end_to_end_at_tiny_scale_on_the_torchvision_engine(data, tmp_path):
-    table = tiny_table(tmp_path)
+    table = write_tiny_table("coco_kp_R50_FPN_2x", tmp_path, TINY)
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
     out, report = tmp_path / "out", tmp_path / "report"

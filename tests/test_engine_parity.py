@@ -5,9 +5,8 @@ run with ``pytest -m detectron2`` in an environment that has it."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from engine_fixtures import D2, DEMO, HAVE_D2, ROOT, needs_d2
+from engine_fixtures import D2, DEMO, HAVE_D2, ROOT, needs_d2, one_thread  # noqa: F401 (one_thread: autouse)
 
 PAPER = ROOT / "configs" / "detection"
 # small images and few proposals: every check runs in seconds on one CPU thread
@@ -22,14 +21,6 @@ CONFIGS = {"C4": (DEMO / "demo_voc_C4.yaml", SMALL), "DC5": (DEMO / "demo_voc_DC
            "FPN-mask-bitmask": (DEMO / "demo_coco_FPN_mask.yaml", SMALL + ["INPUT.MASK_FORMAT", "bitmask"]),
            "paper-VOC-C4": (PAPER / "voc_R_50_C4_24k.yaml", SMALL + NARROW),
            "paper-COCO-FPN": (PAPER / "coco_R_50_FPN_1x.yaml", SMALL + NARROW)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=D2) for n in CONFIGS])

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import run_cli_at_once
-from engine_fixtures import TINY, needs_d2
+from engine_fixtures import TINY, needs_d2, synth_fixture
 from mocobench import UserError
 from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
 from mocobench.transfer.datasets.person_keypoints import COCO_PERSON_SIGMAS, KEYPOINT_NAMES
@@ -27,11 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VAL, TRAIN = "keypoints_coco_2017_val", "keypoints_coco_2017_train"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("kp") / "synth"
-    write_synthetic(out, seed=1, scale="tiny", workers=1, keypoints=True)
-    return out
+data = synth_fixture("kp", keypoints=True)
 
 
 def val_json(root: Path) -> Path:

@@ -14,7 +14,8 @@ import pytest
 from pycocotools import mask as mask_util
 
 from conftest import one_line_refusals, run_cli_at_once
-from engine_fixtures import TINY, needs_d2
+from detection_fixtures import same_records_but_boxes
+from engine_fixtures import TINY, needs_d2, synth_fixture
 from mocobench import UserError
 from mocobench.transfer.datasets import synth_lvis
 from mocobench.transfer.datasets.catalog import get_dataset, get_metadata
@@ -26,11 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VAL, TRAIN = "lvis_v0.5_val", "lvis_v0.5_train"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("lvis") / "synth"
-    write_synthetic(out, seed=1, scale="tiny", workers=1, lvis=True)
-    return out
+data = synth_fixture("lvis", lvis=True)
 
 
 def lvis_json(root: Path, split: str = "val") -> Path:
@@ -177,15 +174,8 @@ def test_records_equal_detectron2_load_lvis_json(data, name):
     meta = get_metadata(name, data)
     theirs = load_lvis_json(meta["json_file"], meta["image_root"] + "/")  # detectron2's builtin root "coco/"
     ours, _ = get_dataset(name, data)
-    assert len(ours) == len(theirs) and sum(len(r["annotations"]) for r in ours) > 0
-    for mine, ref in zip(ours, theirs):
-        assert {k: v for k, v in mine.items() if k != "annotations"} == {
-            k: v for k, v in ref.items() if k != "annotations"}
-        assert len(mine["annotations"]) == len(ref["annotations"])
-        for a, b in zip(mine["annotations"], ref["annotations"]):
-            assert a["bbox"] == pytest.approx(BoxMode.convert(b["bbox"], b["bbox_mode"], BoxMode.XYXY_ABS))
-            assert {k: v for k, v in a.items() if k != "bbox"} == {
-                k: v for k, v in b.items() if k not in ("bbox", "bbox_mode")}
+    for a, b in same_records_but_boxes(ours, theirs):
+        assert a["bbox"] == pytest.approx(BoxMode.convert(b["bbox"], b["bbox_mode"], BoxMode.XYXY_ABS))
 
 
 # ---- evaluator -----------------------------------------------------------------------------

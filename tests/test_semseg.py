@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from engine_fixtures import needs_d2
+from engine_fixtures import needs_d2, one_thread, synth_fixture, write_tiny_table  # noqa: F401 (one_thread: autouse)
 from mocobench import UserError
 from mocobench.transfer.datasets import synth_cityscapes
 from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_metadata
@@ -42,19 +41,7 @@ TINY = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "8", "MODEL.RESNETS.RES2_OUT_CHANNELS
 VOC_CLASSES = 5  # background + the tiny scale's 4 classes
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("semseg") / "synth"
-    write_synthetic(out, seed=1, scale="tiny", workers=1, semseg=True, cityscapes=True)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+data = synth_fixture("semseg", semseg=True, cityscapes=True)
 
 
 def split_ids(root: Path, folder: str, split: str) -> list[str]:
@@ -483,29 +470,8 @@ def test_tables_load_with_published_rows_for_either_engine(tmp_path):
         assert "10 jobs in 2 tables" in result.stdout and "voc_semseg_R50_FCN/random/seed4" in result.stdout
 
 
-def tiny_table(name: str, tmp_path: Path, overrides: list[str]) -> Path:
-    """The table at tiny scale: its configs with the TINY overrides, one trial, the rest as it is."""
-    table = yaml.safe_load((ROOT / "configs" / "tables" / f"{name}.yaml").read_text())
-    for fmt, rel in table["CONFIG"].items():
-        tree: dict = {"_BASE_": str((ROOT / "configs" / "tables" / rel).resolve())}
-        pairs = TINY + overrides
-        for key, value in zip(pairs[0::2], pairs[1::2]):
-            *parents, leaf = key.split(".")
-            node = tree
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value) if not value.startswith("(") else value
-        path = tmp_path / f"{name}_{fmt}.yaml"
-        path.write_text(yaml.safe_dump(tree))
-        table["CONFIG"][fmt] = str(path)
-    table["TRIALS"], table["REFERENCE_WORLD_SIZE"] = 1, 0  # one process: no scaling from the paper's 8 GPUs
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(table))
-    return path
-
-
 def run_table(name: str, engine: str, data: Path, tmp_path: Path, overrides: list[str] = []) -> str:
-    table = tiny_table(name, tmp_path, overrides)
+    table = write_tiny_table(name, tmp_path, TINY + overrides, trials=1)
     inits = tmp_path / "inits.yaml"
     inits.write_text("random: {weights: '', format: RGB}\n")
     out, report = tmp_path / "out", tmp_path / "report"

@@ -74,10 +74,15 @@ def _check_structure(data: Any, json_file: Path, required: dict[str, tuple[str, 
 def _check_images(images: list[dict], json_file: Path) -> None:
     _refuse_repeats(images, "id", "images", "image id", json_file)
     for i, img in enumerate(images):
-        for side in ("width", "height"):
-            value = img[side]
-            if not (_is_number(value) and value > 0 and float(value).is_integer()):
-                raise UserError(f"{json_file}: images[{i}] has {side} {value!r} (want a positive whole number)")
+        _check_size(i, img, json_file)
+
+
+def _check_size(i: int, img: dict, json_file: Path) -> None:
+    """images[i]'s width and height: positive whole numbers."""
+    for side in ("width", "height"):
+        value = img[side]
+        if not (_is_number(value) and value > 0 and float(value).is_integer()):
+            raise UserError(f"{json_file}: images[{i}] has {side} {value!r} (want a positive whole number)")
 
 
 def _check_bbox(i: int, bbox: Any, img: dict, json_file: Path) -> None:
@@ -145,16 +150,22 @@ def boxes_past_border(api: COCO) -> tuple[int, Any]:
     return len(past), past[0] if past else None
 
 
+def read_json(json_file: Path, what: str) -> Any:
+    """The parsed contents of an annotation file (``what``: its kind, for the refusals), or a one-line
+    refusal where it is missing or not JSON."""
+    if not json_file.is_file():
+        raise UserError(f"{json_file}: {what} file not found")
+    try:
+        return json.loads(json_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{json_file}:{e.lineno}: malformed JSON: {e.msg}") from None
+
+
 def read_coco_api(json_file: str | os.PathLike, keypoints: bool = False) -> COCO:
     """A validated pycocotools COCO object (the evaluator's ground truth); ``keypoints``:
     a person_keypoints file, whose categories must all name their keypoints."""
     json_file = Path(json_file)
-    if not json_file.is_file():
-        raise UserError(f"{json_file}: COCO annotation file not found")
-    try:
-        data = json.loads(json_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{json_file}:{e.lineno}: malformed JSON: {e.msg}") from None
+    data = read_json(json_file, "COCO annotation")
     _validate(data, json_file, keypoints)
     api = COCO()
     api.dataset = data

@@ -18,13 +18,13 @@ points (detectron2 asserts this: here it is one line naming the file and annotat
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from mocobench import UserError
-from mocobench.transfer.datasets.coco import _check_bbox, _check_structure as check_structure, _is_number, _refuse_repeats
+from mocobench.transfer.datasets.coco import (_check_bbox, _check_size, _check_structure as check_structure,
+                                             _is_number, _refuse_repeats, read_json)
 
 # name -> (image root, json), relative to the data root (detectron2's builtin LVIS v0.5 table)
 LVIS_BUILTIN = {
@@ -72,10 +72,7 @@ def _image_path(img: dict) -> str | None:
 def _check_images(images: list[dict], cat_ids: set[int], json_file: Path) -> None:
     _refuse_repeats(images, "id", "images", "image id", json_file)
     for i, img in enumerate(images):
-        for side in ("width", "height"):
-            value = img[side]
-            if not (_is_number(value) and value > 0 and float(value).is_integer()):
-                raise UserError(f"{json_file}: images[{i}] has {side} {value!r} (want a positive whole number)")
+        _check_size(i, img, json_file)
         if _image_path(img) is None:
             raise UserError(f"{json_file}: images[{i}] has neither a coco_url ending in <split>/<file> nor a "
                             f"file_name, so its image cannot be found")
@@ -124,12 +121,7 @@ def validate_lvis(data: Any, json_file: Path) -> None:
 def read_lvis(json_file: str | os.PathLike) -> dict[str, Any]:
     """The validated contents of an LVIS json."""
     json_file = Path(json_file)
-    if not json_file.is_file():
-        raise UserError(f"{json_file}: LVIS annotation file not found")
-    try:
-        data = json.loads(json_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{json_file}:{e.lineno}: malformed JSON: {e.msg}") from None
+    data = read_json(json_file, "LVIS annotation")
     validate_lvis(data, json_file)
     return data
 

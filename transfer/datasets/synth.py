@@ -73,29 +73,25 @@ def write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progress
     image drawn), each added to a complete folder as the keypoints are."""
     manifest = _write_synthetic(out, seed, scale, progress=progress, spec=spec, workers=workers, keypoints=keypoints)
     spec = spec or load_synth_spec()
-    digest = _cityscapes_digest(spec, scale)
-    if cityscapes and manifest.get("cityscapes") != digest:
-        writer = _Writer(Path(out), seed, spec, spec.scales[scale], progress, base=False, cityscapes=True)
-        counts = _write_parts(writer, workers, Path(out), f"its {MARKER} records no Cityscapes frames, and a "
-                              "rerun writes them")
-        manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "cityscapes": digest}
-        write_json(Path(out) / MARKER, manifest)
-    digest = _semseg_digest(spec, scale)
-    if semseg and manifest.get("semseg") != digest:
-        writer = _Writer(Path(out), seed, spec, spec.scales[scale], progress, base=False, semseg=True)
-        counts = _write_parts(writer, workers, Path(out), f"its {MARKER} records no VOC segmentation, and a "
-                              "rerun writes it")
-        manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "semseg": digest}
-        write_json(Path(out) / MARKER, manifest)
+    out = Path(out)
+    for part, wanted, digest, left in (
+            ("cityscapes", cityscapes, _cityscapes_digest(spec, scale), "no Cityscapes frames, and a rerun writes them"),
+            ("semseg", semseg, _semseg_digest(spec, scale), "no VOC segmentation, and a rerun writes it")):
+        if wanted and manifest.get(part) != digest:
+            manifest = _add_part(out, seed, spec, scale, progress, workers, manifest, part, digest, left)
     if not lvis or manifest.get("lvis") == synth_lvis.FINGERPRINT:
         return manifest
-    out = Path(out)
     try:
         counts = synth_lvis.write_lvis(out, seed)
     except OSError as e:
         raise UserError(f"{out}: writing the synthetic LVIS files failed ({e.filename or ''} {e.strerror or e}); "
                         f"its {MARKER} records no LVIS files, and a rerun writes them") from None
-    manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "lvis": synth_lvis.FINGERPRINT}
+    return _record_part(out, manifest, "lvis", synth_lvis.FINGERPRINT, counts)
+
+
+def _record_part(out: Path, manifest: dict, part: str, digest: str, counts: dict[str, int]) -> dict:
+    """``manifest`` with ``part`` written (its fingerprint and image counts), saved as out's marker."""
+    manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, part: digest}
     write_json(out / MARKER, manifest)
     return manifest
 
@@ -120,7 +116,8 @@ def _write_synthetic(out: str | Path, seed: int, scale: str = "demo", *, progres
     existing = _existing_manifest(out, manifest)
     wanted_keypoints = _keypoints_digest(spec, scale) if keypoints else None
     if existing is not None and wanted_keypoints and existing.get("keypoints") != wanted_keypoints:
-        return _add_keypoints(out, seed, spec, scale, progress, workers, existing, wanted_keypoints)
+        return _add_part(out, seed, spec, scale, progress, workers, existing, "keypoints", wanted_keypoints,
+                         "no keypoints, and a rerun writes them")
     if existing is not None:
         if progress:
             print(f"synth: {out} already holds the complete data for seed {seed}, scale {scale}; "
@@ -150,15 +147,14 @@ def _write_parts(writer: _Writer, workers: int | None, out: Path, left: str) -> 
         raise UserError(f"{out}: a worker process died while writing the synthetic data ({e}); {left}") from None
 
 
-def _add_keypoints(out: Path, seed: int, spec: SynthSpec, scale: str, progress: bool, workers: int | None,
-                   manifest: dict, digest: str) -> dict:
-    """The keypoint part added to a complete folder; recorded in the marker only once written,
-    so a killed run leaves the rest complete and the next one writes the keypoints again."""
-    writer = _Writer(out, seed, spec, spec.scales[scale], progress, keypoints=True, base=False)
-    counts = _write_parts(writer, workers, out, f"its {MARKER} records no keypoints, and a rerun writes them")
-    manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}, "keypoints": digest}
-    write_json(out / MARKER, manifest)
-    return manifest
+def _add_part(out: Path, seed: int, spec: SynthSpec, scale: str, progress: bool, workers: int | None,
+              manifest: dict, part: str, digest: str, left: str) -> dict:
+    """A drawn part ("keypoints", "cityscapes", "semseg": the _Writer flag) added to a complete folder;
+    recorded in the marker only once written, so a killed run leaves the rest complete and the next
+    one writes the part again (``left``: what a failure says the marker records)."""
+    writer = _Writer(out, seed, spec, spec.scales[scale], progress, base=False, **{part: True})
+    counts = _write_parts(writer, workers, out, f"its {MARKER} records {left}")
+    return _record_part(out, manifest, part, digest, counts)
 
 
 def _keypoints_digest(spec: SynthSpec, scale: str) -> str:

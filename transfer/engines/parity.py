@@ -152,11 +152,17 @@ class Pair:
         """detectron2's model := ours, by the export table; every tensor must have a place."""
         cfg = self.cfg
         state = export_to_detectron2(self.ours.state_dict(), cfg.MODEL.ROI_HEADS.NUM_CLASSES, fpn_features(cfg))
-        result = self.detectron2.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-        if missing or result.unexpected_keys:
-            raise UserError(f"export table and detectron2's model disagree: missing {missing[:5]}, "
-                            f"unexpected {result.unexpected_keys[:5]}")
+        load_exported(self.detectron2, state)
+
+
+def load_exported(model: nn.Module, state: dict) -> None:
+    """``model`` := ``state`` (our weights by the export table); every tensor must have a place
+    (BN's num_batches_tracked aside)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise UserError(f"export table and detectron2's model disagree: missing {missing[:5]}, "
+                        f"unexpected {result.unexpected_keys[:5]}")
 
 
 def build_pair(config: str, overrides: Sequence[str] = (), seed: int = 0) -> Pair:

@@ -21,12 +21,11 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 from torch import Tensor
 
-from mocobench import UserError
 from mocobench.transfer.config import load_detection_config
 from mocobench.transfer.engines.detectron2.config import load_d2_config
 from mocobench.transfer.engines.detectron2.trainer import Trainer
 from mocobench.transfer.engines.export import export_to_detectron2, rename
-from mocobench.transfer.engines.parity import Row, eval_norms, relative
+from mocobench.transfer.engines.parity import Row, eval_norms, load_exported, relative
 from mocobench.transfer.engines.torchvision.semseg import (SemanticSegmentor, SemSegTrainMapper, build_semseg_model,
                                                            upsample)
 
@@ -42,12 +41,7 @@ class SemSegPair:
     exported: dict[str, str]
 
     def copy_weights(self) -> None:
-        state = export_to_detectron2(self.ours.state_dict(), 0)
-        result = self.detectron2.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-        if missing or result.unexpected_keys:
-            raise UserError(f"export table and detectron2's model disagree: missing {missing[:5]}, "
-                            f"unexpected {result.unexpected_keys[:5]}")
+        load_exported(self.detectron2, export_to_detectron2(self.ours.state_dict(), 0))
 
 
 def build_semseg_pair(config: str, overrides: Sequence[str] = (), seed: int = 0) -> SemSegPair:
