@@ -48,10 +48,6 @@ class Table:
     def metrics(self) -> list[str]:
         return list(self.cfg.METRICS)
 
-    @property
-    def seeds(self) -> list[int]:
-        return list(range(self.cfg.TRIALS))
-
     def trials_for(self, init: str) -> int:
         """Trials of one row: RANDOM_TRIALS for random init where it is more than TRIALS."""
         return max(self.cfg.TRIALS, self.cfg.RANDOM_TRIALS) if init == RANDOM_ROW else self.cfg.TRIALS

@@ -49,18 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="processes drawing the images; the files are the same for any N (default: "
                             f"one per core, os.cpu_count(), but at most one per {IMAGES_PER_WORKER} images, "
                             "as fewer do not repay a process's start: 1 for 'tiny')")
-    synth.add_argument("--keypoints", action="store_true",
-                       help="also write COCO person keypoints (stick figures; keypoints_coco_2017_* datasets); "
-                            "added to a complete folder of the same seed and scale without rewriting it")
-    synth.add_argument("--lvis", action="store_true",
-                       help="also write LVIS v0.5 files (federated labels over the COCO images; lvis_v0.5_* "
-                            "datasets); added to a complete folder of the same seed and scale without rewriting it")
-    synth.add_argument("--cityscapes", action="store_true",
-                       help="also write Cityscapes frames for instance segmentation (cityscapes_fine_instance_seg_* "
-                            "datasets); added to a complete folder of the same seed and scale without rewriting it")
-    synth.add_argument("--semseg", action="store_true",
-                       help="also write VOC2012 semantic segmentation label maps (voc_2012_sem_seg_* datasets); "
-                            "added to a complete folder of the same seed and scale without rewriting it")
+    added = "added to a complete folder of the same seed and scale without rewriting it"
+    for flag, what in (("--keypoints", "COCO person keypoints (stick figures; keypoints_coco_2017_* datasets)"),
+                       ("--lvis", "LVIS v0.5 files (federated labels over the COCO images; lvis_v0.5_* datasets)"),
+                       ("--cityscapes", "Cityscapes frames for instance segmentation "
+                                        "(cityscapes_fine_instance_seg_* datasets)"),
+                       ("--semseg", "VOC2012 semantic segmentation label maps (voc_2012_sem_seg_* datasets)")):
+        synth.add_argument(flag, action="store_true", help=f"also write {what}; {added}")
     synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
