@@ -2,7 +2,9 @@
 
 Demo and benchmark times differ by CPU (AVX-512 machines run torch's sgemm ~2.5x faster than
 AVX2-only ones), so a time is reported beside the machine's measured float32 matmul rate:
-seconds x GFLOP/s is comparable across machines where seconds alone are not.
+seconds x GFLOP/s is comparable across machines where seconds alone are not. Small
+convolutions gain far less than sgemm from wide vector units, so the demo's kind of work has
+its own rate too (``conv_gflops``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,36 @@ def sgemm_gflops(n: int = 4096, seconds: float = 1.0, threads: int | None = None
         torch.set_num_threads(previous)
 
 
+def conv_gflops(seconds: float = 0.5) -> float:
+    """Best rate (GFLOP/s) of the demo's kind of work on one thread, over about ``seconds``:
+    a training step (forward and backward) of the demo encoder's shape, the ResNet-50 layout at
+    1/4 width, on 32 crops of 64 pixels. Each demo task is such one-thread small convolutions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mocobench.resnet import ResNetShape, build_resnet
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = build_resnet(ResNetShape(50, 16, 64, 16), num_classes=128)
+        x = torch.randn(32, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+        def step() -> None:
+            net(x).sum().backward()
+
+        with FlopCounterMode(display=False) as counter:  # also the warm-up
+            step()
+        best, spent = float("inf"), 0.0
+        while spent < seconds or best == float("inf"):
+            start = time.perf_counter()
+            step()
+            took = time.perf_counter() - start
+            best, spent = min(best, took), spent + took
+        return counter.get_total_flops() / best / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -51,6 +83,7 @@ def cpu_name() -> str:
 
 
 def describe(threads: int) -> dict[str, object]:
-    """The machine's figures for a report: CPU, cores, threads used, sgemm GFLOP/s at those threads."""
+    """The machine's figures for a report: CPU, cores, threads used, sgemm GFLOP/s at those
+    threads, and the one-thread rate of the demo's kind of work (``conv_gflops``)."""
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
-            "sgemm_gflops": round(sgemm_gflops(threads=threads), 1)}
+            "sgemm_gflops": round(sgemm_gflops(threads=threads), 1), "conv_gflops": round(conv_gflops(), 2)}

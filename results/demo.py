@@ -265,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
     threads = str(cfg.NUM_THREADS)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     machine = describe(cfg.NUM_THREADS)
-    print(f"[demo] {machine['cpu']}, {machine['threads']} threads: sgemm {machine['sgemm_gflops']:.0f} GFLOP/s "
+    print(f"[demo] {machine['cpu']}, {machine['threads']} threads: sgemm {machine['sgemm_gflops']:.0f} GFLOP/s; "
+          f"one thread of demo-scale convolutions {machine['conv_gflops']:.1f} GFLOP/s "
           "(demo seconds x GFLOP/s compares times across machines)", flush=True)
     claim_output_dir(out, fingerprint(cfg), machine)
     tasks, done = build_tasks(cfg, out, args.engine)
@@ -278,8 +279,9 @@ def run(args: argparse.Namespace) -> int:
     run_tasks(rest, cfg.PARALLEL, env, log, done={data.name, *done})
     took = log.elapsed()
     print(f"[demo] all stages done in {format_seconds(took)}", flush=True)
-    print(f"[demo] {took:.0f} s x {machine['sgemm_gflops']:.0f} GFLOP/s = {took * machine['sgemm_gflops']:.0f} "
-          "(machine-independent time; tasks resumed from disk make it smaller)", flush=True)
+    print(f"[demo] {took:.0f} s x sgemm {machine['sgemm_gflops']:.0f} GFLOP/s = {took * machine['sgemm_gflops']:.0f}; "
+          f"x convolutions {machine['conv_gflops']:.1f} GFLOP/s = {took * machine['conv_gflops']:.0f} "
+          "(tasks resumed from disk make them smaller)", flush=True)
     report = out / "report"
     print()
     print((report / "report.md").read_text())

@@ -47,6 +47,19 @@ def test_bench_demo_reads_the_demos_stage_lines():
     assert bench_demo.stage_times(printed) == {"data": "00:14", "demo_voc_R50_C4/moco": "00:31"}
 
 
+def test_bench_demo_avx2_environment_limits_torch_to_avx2():
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks import bench_demo
+
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          env={**os.environ, **bench_demo.AVX2_ONLY})
+    assert done.stdout.strip() in ("AVX2", "DEFAULT")  # DEFAULT: a CPU without AVX2 at all
+
+
 def test_gpu_check_dry_run_writes_every_part(tmp_path):
     """The GPU check's CPU dry run, through its wrapper: every part ran and reported numbers."""
     import json

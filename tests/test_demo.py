@@ -90,6 +90,7 @@ def test_demo_killed_during_detection_resumes_without_redoing_finished_work(tmp_
     assert "GFLOP/s" in text.splitlines()[0]  # the header names the machine's matmul rate
     machine = json.loads((out / "demo.json").read_text())["machine"]
     assert machine["sgemm_gflops"] > 0 and machine["threads"] == 2
+    assert machine["conv_gflops"] > 0 and "convolutions" in text.splitlines()[0]
 
 
 def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
