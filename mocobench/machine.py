@@ -12,8 +12,33 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (unchanged when None) inside the block."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _best_seconds(fn: Callable[[], object], seconds: float) -> float:
+    """The fastest of ``fn``'s runs over about ``seconds`` of repeats (at least one)."""
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        start = time.perf_counter()
+        fn()
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+    return best
 
 
 def sgemm_gflops(n: int = 4096, seconds: float = 1.0, threads: int | None = None) -> float:
@@ -23,22 +48,11 @@ def sgemm_gflops(n: int = 4096, seconds: float = 1.0, threads: int | None = None
     whose sgemm runs at 61 GFLOP/s at 4096; 2048 reads ~7% faster on a 2-core AVX-512 EPYC).
     The warm-up is a small matmul, so a slow machine spends one 4096 product (~2 s), not two.
     """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with _threads(threads):
         a, b = torch.randn(n, n), torch.randn(n, n)
         small = min(n, 512)
         a[:small, :small] @ b[:small, :small]  # warm-up: thread pool start, packing buffers
-        best, spent = float("inf"), 0.0
-        while spent < seconds or best == float("inf"):
-            start = time.perf_counter()
-            a @ b
-            took = time.perf_counter() - start
-            best, spent = min(best, took), spent + took
-        return 2 * n ** 3 / best / 1e9
-    finally:
-        torch.set_num_threads(previous)
+        return 2 * n ** 3 / _best_seconds(lambda: a @ b, seconds) / 1e9
 
 
 def conv_gflops(seconds: float = 0.5) -> float:
@@ -49,9 +63,7 @@ def conv_gflops(seconds: float = 0.5) -> float:
 
     from mocobench.resnet import ResNetShape, build_resnet
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _threads(1):
         net = build_resnet(ResNetShape(50, 16, 64, 16), num_classes=128)
         x = torch.randn(32, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -60,15 +72,7 @@ def conv_gflops(seconds: float = 0.5) -> float:
 
         with FlopCounterMode(display=False) as counter:  # also the warm-up
             step()
-        best, spent = float("inf"), 0.0
-        while spent < seconds or best == float("inf"):
-            start = time.perf_counter()
-            step()
-            took = time.perf_counter() - start
-            best, spent = min(best, took), spent + took
-        return counter.get_total_flops() / best / 1e9
-    finally:
-        torch.set_num_threads(previous)
+        return counter.get_total_flops() / _best_seconds(step, seconds) / 1e9
 
 
 def cpu_name() -> str:
