@@ -11,7 +11,7 @@ import pytest
 
 from detection_fixtures import random_voc, write_voc
 from mocobench import UserError
-from mocobench.transfer.datasets.catalog import get_dataset, get_datasets, get_metadata
+from mocobench.transfer.datasets.catalog import check_images, get_dataset, get_datasets, get_metadata
 from mocobench.transfer.datasets.voc import VOC_CLASSES
 from mocobench.transfer.evaluation import evaluate
 
@@ -112,6 +112,27 @@ def test_ground_truth_as_detections_scores_100(tmp_path, year):
     # 11 x (1 / 11) sums to 1 + 2e-16, in the devkit as here
     assert metrics["bbox"] == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0}, abs=1e-9)
     assert metrics["per_class_AP50"] == pytest.approx({c: 100.0 for c in CLASSES}, abs=1e-9)
+
+
+def test_a_class_without_ground_truth_is_left_out_of_the_mean_with_a_counted_warning(tmp_path):
+    # scored 0 and averaged, a class the split never shows capped perfect detections at 75 (3 of 4
+    # classes); detectron2's evaluator gives NaN; COCO's evaluation leaves such a category out
+    write_voc(tmp_path, 2012, "val", {"a": (50, 40, [("cat", 1, 1, 20, 20, 0), ("dog", 21, 21, 40, 40, 0)]),
+                                      "b": (50, 40, [("car", 5, 5, 30, 30, 0), ("person", 2, 2, 9, 9, 1)])},
+                  CLASSES)
+    records, _ = get_dataset("voc_2012_val", tmp_path)
+    with pytest.warns(UserWarning, match=r"1 class\(es\) without a ground-truth box.*: person"):
+        metrics = evaluate("voc_2012_val", tmp_path, ground_truth_detections(records))
+    assert metrics["bbox"] == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
+    assert set(metrics["per_class_AP50"]) == {"cat", "dog", "car"}
+    assert check_images("voc_2012_val", tmp_path) == {"classes_without_ground_truth": 1}
+
+
+def test_a_split_without_any_ground_truth_scores_nan(tmp_path):
+    write_voc(tmp_path, 2012, "val", {"a": (50, 40, [("cat", 1, 1, 20, 20, 1)])}, CLASSES)
+    with pytest.warns(UserWarning, match="4 class"):
+        metrics = evaluate("voc_2012_val", tmp_path, [])
+    assert all(np.isnan(v) for v in metrics["bbox"].values()) and metrics["per_class_AP50"] == {}
 
 
 def eleven_point_ap(tp, fp, npos):

@@ -157,7 +157,20 @@ def load_voc_split(dirname: str | os.PathLike, split: str, class_names: Sequence
             first_clipped = xml_file
         clipped += n
         records.append({"file_name": str(jpeg_file), "image_id": image_id, **record})
+    counts = {}
     if clipped:
         warnings.warn(f"{dirname} ({split}): clipped {clipped} box(es) reaching outside their "
                       f"image to the image, first in {first_clipped}", stacklevel=2)
-    return records, ({"boxes_clipped": clipped} if clipped else {})
+        counts["boxes_clipped"] = clipped
+    # counted here, warned of where it changes a number: when the split is evaluated (evaluation/voc.py)
+    absent = classes_without_ground_truth(records, class_names)
+    if absent:
+        counts["classes_without_ground_truth"] = len(absent)
+    return records, counts
+
+
+def classes_without_ground_truth(records: Sequence[dict[str, Any]], class_names: Sequence[str]) -> list[str]:
+    """The classes no record has a box of that is not difficult: the devkit's AP divides by that
+    count, so theirs is undefined and the evaluator leaves them out of the mean."""
+    seen = {a["category_id"] for r in records for a in r["annotations"] if not a.get("difficult", False)}
+    return [name for i, name in enumerate(class_names) if i not in seen]

@@ -11,7 +11,9 @@ Differences from detectron2, none of which changes a result on real data: ground
 comes from the loaded dataset (so a box clipped by the loader is evaluated clipped);
 scores and coordinates are not rounded to the 3 and 1 decimals of detectron2's text files;
 equal scores keep input order (a stable sort); a class without non-difficult ground truth
-scores AP 0 (detectron2 gets 0 with the 2007 metric, NaN with the other).
+has no AP and is left out of the mean, with a warning, as COCO's evaluation leaves out a
+category without ground truth (detectron2 averages in a 0 with the 2007 metric and gets NaN
+with the other; scored 0, such a class capped perfect detections at 75 on a 4-class split).
 
 Instead of a Python loop per detection, every detection's best-overlap ground truth is
 found once for all thresholds (IoU on (detection, same-image same-class box) pairs), and
@@ -19,6 +21,8 @@ the greedy "first detection to claim a box wins" is a first-occurrence lookup pe
 """
 
 from __future__ import annotations
+
+import warnings
 
 from typing import Any, Mapping, Sequence
 
@@ -120,8 +124,16 @@ def evaluate_voc(records: Sequence[Mapping[str, Any]], metadata: Mapping[str, An
             tp_c, fp_c = np.cumsum(tp[s:e]), np.cumsum(fp[s:e])
             prec = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
             ap[t, c] = voc_ap(tp_c / float(npos[c]), prec, use_07_metric=metadata["year"] == 2007) * 100
-    mean_ap = ap.mean(axis=1)
+    # a class without ground truth has no AP (the devkit divides by npos): it is left out of the
+    # mean, as COCO's evaluation leaves out a category without ground truth; none left: NaN
+    scored = npos > 0
+    mean_ap = ap[:, scored].mean(axis=1) if scored.any() else np.full(len(IOU_THRESHOLDS), np.nan)
+    if not scored.all():
+        absent = [name for c, name in enumerate(classes) if not scored[c]]
+        warnings.warn(f"{source}: {len(absent)} class(es) without a ground-truth box (difficult ones aside) "
+                      f"have no AP and are left out of the mean (detectron2's evaluator keeps them): "
+                      f"{', '.join(absent)}", stacklevel=2)
     ap50 = IOU_THRESHOLDS.index(50)
     return {"bbox": {"AP": float(mean_ap.mean()), "AP50": float(mean_ap[ap50]),
                      "AP75": float(mean_ap[IOU_THRESHOLDS.index(75)])},
-            "per_class_AP50": {name: float(ap[ap50, c]) for c, name in enumerate(classes)}}
+            "per_class_AP50": {name: float(ap[ap50, c]) for c, name in enumerate(classes) if scored[c]}}
