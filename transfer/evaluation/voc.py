@@ -23,7 +23,6 @@ the greedy "first detection to claim a box wins" is a first-occurrence lookup pe
 from __future__ import annotations
 
 import warnings
-
 from typing import Any, Mapping, Sequence
 
 import numpy as np
