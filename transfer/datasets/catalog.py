@@ -29,7 +29,7 @@ from mocobench.transfer.datasets.coco_keypoints import keypoint_metadata
 from mocobench.transfer.datasets.lvis import LVIS_BUILTIN, load_lvis_records, lvis_metadata, read_lvis
 from mocobench.transfer.datasets.sem_seg import (CITYSCAPES_SEM_SEG_BUILTIN, is_sem_seg_name, label_size,
                                                  resolve_sem_seg)
-from mocobench.transfer.datasets.voc import load_voc_split, voc_class_names
+from mocobench.transfer.datasets.voc import load_voc_split, voc_class_names, voc_folder
 
 Records = list[dict[str, Any]]
 Counts = dict[str, int]  # what loading dropped or changed, by kind (empty: nothing)
@@ -74,9 +74,7 @@ def _resolve(name: str, data_root: str | os.PathLike | None
     voc = VOC_NAME.match(name)
     if voc:
         year, split = int(voc.group(1)), voc.group(2)
-        dirname = (root / f"VOC{year}").resolve()
-        if not dirname.is_dir():
-            raise UserError(f"{dirname}: VOC folder for dataset {name!r} not found")
+        dirname = voc_folder(root, year, name)
         classes = voc_class_names(dirname)
         meta = {"thing_classes": classes, "evaluator_type": "pascal_voc",
                 "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(classes))},

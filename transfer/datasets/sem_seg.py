@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mocobench import UserError
-from mocobench.transfer.datasets.voc import voc_class_names
+from mocobench.transfer.datasets.voc import read_image_ids, voc_class_names, voc_folder
 
 IGNORE_LABEL = 255
 EVALUATOR_TYPE = "sem_seg"
@@ -78,21 +78,7 @@ def voc_label_folder(split: str) -> str:
 def read_segmentation_split(dirname: Path, split: str) -> list[str]:
     """Image ids of ``ImageSets/Segmentation/<split>.txt`` (each once)."""
     path = dirname / "ImageSets" / "Segmentation" / f"{split}.txt"
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.txt"))
-        raise UserError(f"{path}: split file not found (splits here: {', '.join(available) or 'none'})")
-    seen: dict[str, int] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        image_id = line.split()[0]
-        if image_id in seen:  # its pixels would count twice
-            raise UserError(f"{path}:{number}: image id {image_id!r} is listed twice (lines {seen[image_id]} and "
-                            f"{number}); list each image once")
-        seen[image_id] = number
-    if not seen:
-        raise UserError(f"{path}: split file lists no images")
-    return sorted(seen)
+    return sorted(read_image_ids(path, sorted(p.stem for p in path.parent.glob("*.txt"))))
 
 
 def voc_sem_seg_metadata(dirname: Path, year: int, split: str) -> dict[str, Any]:
@@ -150,9 +136,7 @@ def resolve_sem_seg(name: str, root: Path):
     voc = VOC_SEM_SEG_NAME.match(name)
     if voc:
         year, split = int(voc.group(1)), voc.group(2)
-        dirname = (root / f"VOC{year}").resolve()
-        if not dirname.is_dir():
-            raise UserError(f"{dirname}: VOC folder for dataset {name!r} not found")
+        dirname = voc_folder(root, year, name)
         return voc_sem_seg_metadata(dirname, year, split), lambda: (load_voc_sem_seg(dirname, split), {})
     image_dir, gt_dir = (str((root / p).resolve()) for p in CITYSCAPES_SEM_SEG_BUILTIN[name])
     return cityscapes_sem_seg_metadata(image_dir, gt_dir), lambda: (load_cityscapes_sem_seg(image_dir, gt_dir), {})

@@ -47,21 +47,36 @@ def voc_class_names(dirname: str | os.PathLike) -> list[str]:
     return names
 
 
+def voc_folder(root: Path, year: int, dataset: str) -> Path:
+    """``root/VOC<year>``, resolved; refused, naming ``dataset``, when it is not a folder."""
+    dirname = (root / f"VOC{year}").resolve()
+    if not dirname.is_dir():
+        raise UserError(f"{dirname}: VOC folder for dataset {dataset!r} not found")
+    return dirname
+
+
 def read_split(dirname: str | os.PathLike, split: str) -> list[str]:
     """Image ids of ``ImageSets/Main/<split>.txt`` (first column, as in the devkit)."""
     dirname = Path(dirname)
     if not dirname.is_dir():
         raise UserError(f"{dirname}: VOC folder not found")
     path = dirname / "ImageSets" / "Main" / f"{split}.txt"
+    # <class>_<split>.txt files are per-class labels, not splits
+    return read_image_ids(path, sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem))
+
+
+def read_image_ids(path: Path, splits_here: Sequence[str]) -> list[str]:
+    """The image ids a VOC split file lists (first column), in file order; refused when the file is
+    missing (naming ``splits_here``), empty, or lists an image twice (its boxes or pixels would
+    count twice)."""
     if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
-        raise UserError(f"{path}: split file not found (splits here: {', '.join(available) or 'none'})")
+        raise UserError(f"{path}: split file not found (splits here: {', '.join(splits_here) or 'none'})")
     first_line: dict[str, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         image_id = line.split()[0]
-        if image_id in first_line:  # its objects would count twice, lowering AP
+        if image_id in first_line:
             raise UserError(f"{path}:{number}: image id {image_id!r} is listed twice (lines "
                             f"{first_line[image_id]} and {number}); list each image once")
         first_line[image_id] = number
